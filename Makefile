@@ -1,0 +1,45 @@
+# semcache: `make install` once on a fresh machine, then `make demo`, `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH  ?= torch==2.13.0
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install build demo serve test test-native test-python lint bench clean
+
+$(VENV)/.installed: pyproject.toml setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	# the CPU build of torch first: left to choose, pip would pull a multi-GB CUDA build
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q "Cython>=3.0" "numpy>=1.26"
+	$(PIP) install -q --no-build-isolation -e ".[test,dev]"
+	touch $@
+
+install: $(VENV)/.installed build
+
+# rebuild the native modules in place (after editing ext/*.pyx)
+build: $(VENV)/.installed
+	$(PY) setup.py -q build_ext --inplace
+
+demo: install
+	$(PY) -m semcache demo
+
+test: install test-native test-python
+
+test-native:
+	SEMCACHE_REQUIRE_EXTENSIONS=1 $(PY) -m pytest -q
+
+test-python:
+	SEMCACHE_NO_EXTENSIONS=1 $(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check semcache tests bench
+	$(VENV)/bin/mypy semcache
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf build semcache/*.so ext/*.c .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,64 @@
+"""Pure-Python twin of ``ext/_cselect.pyx``: pick the best live candidate of one scope.
+
+Same signatures and results as the native module (ties go to the lowest row).  Used when
+``SEMCACHE_NO_EXTENSIONS=1`` or the extension is not built; the test suite runs against
+both.  A row is a candidate when ``live[row]`` is non-zero and ``expires[row] > now``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["best_in_block", "best_of_candidates"]
+
+_NONE = (-1, float("-inf"))
+
+
+def best_in_block(
+    vecs: np.ndarray,
+    n: int,
+    query: np.ndarray,
+    expires: np.ndarray,
+    live: np.ndarray,
+    now: float,
+    threshold: float,
+) -> tuple[int, float]:
+    """Exact scan of rows ``[0, n)`` of ``vecs`` (float32, C-contiguous, ``(cap, d)``).
+
+    Returns ``(row, score)`` of the highest inner product with ``query`` among candidate
+    rows when it is ``>= threshold``, else ``(-1, best candidate score or -inf)``.
+    """
+    if n <= 0:
+        return _NONE
+    scores = vecs[:n] @ query
+    ok = (live[:n] != 0) & (expires[:n] > now)
+    if not ok.any():
+        return _NONE
+    masked = np.where(ok, scores, np.float32(-np.inf))
+    row = int(np.argmax(masked))
+    score = float(masked[row])
+    return (row, score) if score >= threshold else (-1, score)
+
+
+def best_of_candidates(
+    scores: np.ndarray,
+    rows: np.ndarray,
+    expires: np.ndarray,
+    live: np.ndarray,
+    now: float,
+    threshold: float,
+) -> tuple[int, float]:
+    """Best candidate among ANN results ``rows``/``scores`` (``-1`` rows are padding).
+
+    Returns ``(row, score)`` when the best candidate's score is ``>= threshold``, else
+    ``(-1, best candidate score or -inf)``.
+    """
+    best_row, best = -1, float("-inf")
+    for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
+        if row < 0 or not live[row] or not expires[row] > now:
+            continue
+        if score > best:
+            best_row, best = row, score
+    if best_row >= 0 and best >= threshold:
+        return best_row, best
+    return -1, best

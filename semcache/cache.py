@@ -1,0 +1,291 @@
+"""The semantic cache as a library: lookup and store over the real model, FAISS and LMDB.
+
+:class:`SemanticCache` ties the parts together along the one-way flow of DESIGN §1:
+
+    CacheRequest -> exact lookup (LMDB) -> embed -> scoped index search -> re-check -> Hit
+
+A found entry is served only after its stored scope is compared with the request's and
+its expiry with the clock, so a stale or foreign index row can never leak an answer.
+
+Thread safety: every method may be called from any thread.  Embedding runs on the calling
+thread (the web layer calls from its embedding executor); LMDB writes run on the store's
+writer thread; the in-memory index and eviction tracker are guarded by locks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .embedding import Embedder, load_embedder
+from .errors import InvalidRequestError
+from .eviction import EvictionTracker
+from .index import ScopedIndex
+from .keys import CacheRequest, derive_namespace
+from .settings import Settings
+from .store import EntryRecord, Store
+
+__all__ = ["SemanticCache", "Hit"]
+
+_VECTOR_MEMO = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A cached answer chosen for a request.
+
+    ``match`` is ``"exact"`` or ``"semantic"``; ``similarity`` is 1.0 for exact matches;
+    ``body`` is the stored response JSON as bytes; ``created`` is the insertion time
+    (seconds since the epoch).
+    """
+
+    entry_id: int
+    match: str
+    similarity: float
+    body: bytes
+    usage: dict[str, Any] | None
+    model: str
+    created: float
+
+    def json(self) -> dict[str, Any]:
+        """The stored response as a dict (a fresh copy each call)."""
+        result: dict[str, Any] = json.loads(self.body)
+        return result
+
+    def age(self, now: float | None = None) -> float:
+        return max(0.0, (time.time() if now is None else now) - self.created)
+
+
+class SemanticCache:
+    """A semantic cache over the store in ``settings.data_dir``.
+
+    ``embedder`` defaults to the configured sentence-transformers model.  ``clock`` gives
+    seconds since the epoch (tests pass their own to move time).  Opening rebuilds the
+    index from the store and drops entries that expired while it was closed.
+    """
+
+    def __init__(
+        self, settings: Settings | None = None, embedder: Embedder | None = None, *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.embedder = embedder or load_embedder(
+            self.settings.embedding_model, device=self.settings.embedding_device,
+            threads=self.settings.embedding_threads)
+        self.clock = clock
+        self.store_db = Store(
+            self.settings.data_dir, embedder=self.embedder.name, dim=self.embedder.dim,
+            map_size=self.settings.map_size, sync=self.settings.sync)
+        self.index = ScopedIndex(self.embedder.dim, flat_limit=self.settings.flat_limit)
+        self.tracker = EvictionTracker(self.settings.eviction)
+        self._lock = threading.Lock()
+        self._pending_hits: dict[int, tuple[float, int]] = {}
+        self._memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._memo_lock = threading.Lock()
+        self.evictions = 0
+        self.expirations = 0
+        self._closed = False
+        self._rebuild()
+
+    # ----------------------------------------------------------------- lifecycle
+    def _rebuild(self) -> None:
+        now = self.clock()
+        expired: list[int] = []
+        for entry_id, meta, vec in self.store_db.iter_index():
+            if meta.expires is not None and meta.expires <= now:
+                expired.append(entry_id)
+                continue
+            if vec is not None:
+                self.index.add(meta.scope, entry_id, vec, meta.expires)
+            self.tracker.add(entry_id, meta.size, meta.expires, meta.hits)
+        if expired:
+            self.store_db.delete(expired)
+            self.expirations += len(expired)
+
+    def close(self) -> None:
+        """Persist pending hit counts and close the store.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.flush_hits()
+        finally:
+            self.store_db.close()
+
+    def __enter__(self) -> SemanticCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def salt(self) -> bytes:
+        return self.store_db.salt
+
+    def __len__(self) -> int:
+        return len(self.tracker)
+
+    # ------------------------------------------------------------------ requests
+    def namespace(self, explicit: str | None = None, authorization: str | None = None) -> str:
+        """The namespace for a request's headers (see :func:`keys.derive_namespace`)."""
+        return derive_namespace(explicit, authorization, self.salt,
+                                from_key=self.settings.namespace_from_key)
+
+    def request(self, endpoint: str, body: Any, *, namespace: str = "anonymous") -> CacheRequest:
+        """Parse ``body`` for ``endpoint`` into a :class:`CacheRequest` (validates)."""
+        return CacheRequest.from_body(endpoint, body, namespace=namespace)
+
+    def embed(self, text: str) -> np.ndarray:
+        """The unit vector of ``text``; recent texts are served from a small memo."""
+        key = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+        with self._memo_lock:
+            vec = self._memo.get(key)
+            if vec is not None:
+                self._memo.move_to_end(key)
+                return vec
+        vec = self.embedder.embed([text])[0]
+        vec.setflags(write=False)
+        with self._memo_lock:
+            self._memo[key] = vec
+            if len(self._memo) > _VECTOR_MEMO:
+                self._memo.popitem(last=False)
+        return vec
+
+    # -------------------------------------------------------------------- lookup
+    def lookup(self, req: CacheRequest, *, threshold: float | None = None) -> Hit | None:
+        """The cached answer for ``req``: exact match first, then the most similar entry
+        of the same scope at or above ``threshold`` (default: the configured one)."""
+        return self.lookup_exact(req) or self.lookup_semantic(req, threshold=threshold)
+
+    def lookup_exact(self, req: CacheRequest) -> Hit | None:
+        """Exact repeat of ``req`` (same scope, same last turn); no embedding."""
+        entry_id = self.store_db.id_for_exact(req.exact)
+        if entry_id is None:
+            return None
+        return self._serve(entry_id, req, "exact", 1.0)
+
+    def lookup_semantic(
+        self, req: CacheRequest, *, threshold: float | None = None,
+        vector: np.ndarray | None = None,
+    ) -> Hit | None:
+        """Most similar live entry of ``req``'s scope at or above ``threshold``."""
+        if not req.semantic_text:
+            return None
+        limit = self.settings.threshold if threshold is None else threshold
+        if not 0.0 < limit <= 1.0:
+            raise InvalidRequestError("threshold", limit, "must be in (0, 1]")
+        vec = self.embed(req.semantic_text) if vector is None else vector
+        found = self.index.search(req.scope, vec, limit, self.clock())
+        if found.entry_id < 0:
+            return None
+        return self._serve(found.entry_id, req, "semantic", min(1.0, found.score))
+
+    def _serve(self, entry_id: int, req: CacheRequest, match: str, sim: float) -> Hit | None:
+        rec = self.store_db.get(entry_id)
+        now = self.clock()
+        # re-check: the index is derived state; the store decides.
+        if rec is None or rec.scope != req.scope or rec.namespace != req.namespace:
+            return None
+        if rec.expires is not None and rec.expires <= now:
+            return None
+        with self._lock:
+            self.tracker.touch(entry_id)
+            last, count = self._pending_hits.get(entry_id, (now, 0))
+            self._pending_hits[entry_id] = (max(last, now), count + 1)
+        return Hit(entry_id, match, sim, rec.body, rec.usage, rec.model, rec.created)
+
+    # --------------------------------------------------------------------- store
+    def store(
+        self, req: CacheRequest, response: Mapping[str, Any] | bytes, *,
+        ttl: float | None = None, vector: np.ndarray | None = None,
+    ) -> int:
+        """Store ``response`` (the complete JSON answer) for ``req``; returns the entry id.
+
+        ``ttl`` overrides the configured time to live (seconds).  Evicts least valuable
+        entries to stay inside the caps.  Blocks for the embedding (when the memo does not
+        have it) and the LMDB commit; the web layer calls it off the response path.
+        """
+        body = response if isinstance(response, bytes) else json.dumps(
+            response, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        usage = None
+        if not isinstance(response, bytes):
+            raw_usage = response.get("usage")
+            usage = dict(raw_usage) if isinstance(raw_usage, Mapping) else None
+        if ttl is not None and ttl <= 0:
+            raise InvalidRequestError("ttl", ttl, "must be positive")
+        life = ttl if ttl is not None else self.settings.ttl
+        now = self.clock()
+        vec = None
+        if req.semantic_text:
+            vec = self.embed(req.semantic_text) if vector is None else vector
+        record = EntryRecord(
+            scope=req.scope, exact=req.exact, namespace=req.namespace, endpoint=req.endpoint,
+            model=req.model, text=req.semantic_text, body=body, usage=usage, created=now,
+            expires=now + life if life is not None else None)
+        with self._lock:  # one store at a time keeps index, tracker and LMDB in step
+            self._evict_locked(len(body))
+            entry_id, meta, replaced = self.store_db.put(record, vec)
+            for old in replaced:
+                self.index.remove(old)
+                self.tracker.remove(old)
+            if vec is not None:
+                self.index.add(req.scope, entry_id, vec, record.expires)
+            self.tracker.add(entry_id, meta.size, record.expires)
+        return entry_id
+
+    def _evict_locked(self, incoming: int) -> None:
+        victims = self.tracker.victims(
+            self.settings.max_entries - 1, self.settings.max_bytes, incoming)
+        if victims:
+            self._drop_locked(victims)
+            self.evictions += len(victims)
+
+    def _drop_locked(self, ids: list[int]) -> list[int]:
+        gone = self.store_db.delete(ids)
+        for entry_id in ids:  # also ids already gone from LMDB (e.g. another process)
+            self.index.remove(entry_id)
+            self.tracker.remove(entry_id)
+            self._pending_hits.pop(entry_id, None)
+        return gone
+
+    # ------------------------------------------------------------- maintenance
+    def delete(self, entry_id: int) -> bool:
+        """Remove one entry from store and index; False when it did not exist."""
+        with self._lock:
+            return bool(self._drop_locked([entry_id]))
+
+    def sweep(self) -> int:
+        """Remove expired entries from store and index; returns how many."""
+        removed = 0
+        with self._lock:
+            while True:
+                ids = self.tracker.expired(self.clock())
+                if not ids:
+                    break
+                self._drop_locked(ids)
+                removed += len(ids)
+        self.expirations += removed
+        return removed
+
+    def flush_hits(self) -> None:
+        """Persist hit counts and last-hit times gathered since the last flush."""
+        with self._lock:
+            pending, self._pending_hits = self._pending_hits, {}
+        self.store_db.record_hits(pending)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for the operator: entries, bytes, scopes, evictions, expirations."""
+        return {
+            "entries": len(self.tracker), "indexed": len(self.index),
+            "scopes": self.index.scopes, "payload_bytes": self.tracker.total_bytes,
+            "evictions": self.evictions, "expirations": self.expirations,
+            "embedder": self.embedder.name, "dim": self.embedder.dim,
+        }

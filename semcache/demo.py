@@ -1,0 +1,82 @@
+"""``semcache demo``: the library on the real model, FAISS and LMDB, in one minute.
+
+Stores a few answers, then asks paraphrases (which should hit) and near-misses (which
+should not), printing each decision with its similarity.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TextIO
+
+from .cache import SemanticCache
+from .settings import Settings
+
+__all__ = ["run_demo"]
+
+STORED = [
+    ("What is the capital of France?", "Paris."),
+    ("python sort list ascending", "Use sorted(xs) or xs.sort()."),
+    ("How do I reverse a string in Python?", "Use s[::-1]."),
+    ("GDP of Japan in 2020", "About 5.0 trillion US dollars."),
+    ("download TensorFlow 2.12 wheels", "pip download tensorflow==2.12.*"),
+]
+
+QUESTIONS = [
+    ("What is the capital of France?", "exact repeat"),
+    ("how to sort a list in python ascending", "paraphrase"),
+    ("Japan GDP for year 2020", "paraphrase"),
+    ("How can I reverse a string in python", "paraphrase"),
+    ("python reverse sort list", "near-miss"),
+    ("What is the population of France?", "near-miss"),
+    ("download TensorFlow 2.12 wheels", "exact repeat"),
+]
+
+
+def _answer(question: str, text: str) -> dict[str, object]:
+    return {
+        "id": "chatcmpl-demo", "object": "chat.completion", "created": int(time.time()),
+        "model": "demo-model",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": text}}],
+        "usage": {"prompt_tokens": len(question.split()), "completion_tokens": len(text.split()),
+                  "total_tokens": len(question.split()) + len(text.split())},
+    }
+
+
+def run_demo(settings: Settings | None = None, out: TextIO | None = None) -> int:
+    """Run the demo with ``settings`` in a fresh temporary data directory."""
+    out = out or sys.stdout
+    with tempfile.TemporaryDirectory(prefix="semcache-demo-") as tmp:
+        cfg = (settings or Settings()).replace(data_dir=Path(tmp))
+        t0 = time.perf_counter()
+        with SemanticCache(cfg) as cache:
+            print(f"loaded {cache.embedder.name} (dim {cache.embedder.dim}) and store at "
+                  f"{cfg.data_dir} in {time.perf_counter() - t0:.1f}s; "
+                  f"threshold {cfg.threshold}", file=out)
+            for question, text in STORED:
+                req = cache.request("/v1/chat/completions", _chat(question))
+                cache.store(req, _answer(question, text))
+            print(f"stored {len(STORED)} answers\n", file=out)
+            print(f"{'decision':<8} {'match':<9} {'sim':>6}  {'kind':<13} question -> answer",
+                  file=out)
+            for question, kind in QUESTIONS:
+                req = cache.request("/v1/chat/completions", _chat(question))
+                t = time.perf_counter()
+                hit = cache.lookup(req)
+                ms = (time.perf_counter() - t) * 1000
+                if hit is None:
+                    print(f"{'MISS':<8} {'-':<9} {'':>6}  {kind:<13} {question}  ({ms:.1f} ms)",
+                          file=out)
+                else:
+                    answer = hit.json()["choices"][0]["message"]["content"]
+                    print(f"{'HIT':<8} {hit.match:<9} {hit.similarity:6.3f}  {kind:<13} "
+                          f"{question} -> {answer}  ({ms:.1f} ms)", file=out)
+    return 0
+
+
+def _chat(question: str) -> dict[str, object]:
+    return {"model": "demo-model", "messages": [{"role": "user", "content": question}]}

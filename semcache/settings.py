@@ -1,0 +1,238 @@
+"""Configuration enters here, once.
+
+Every setting is declared exactly once, as a field of :class:`Settings` with its type,
+default, parser and help text.  A frozen :class:`Settings` is built from (in rising precedence) the
+defaults, ``SEMCACHE_<NAME>`` environment variables and command-line flags
+``--<name-with-dashes>``.  No other module of semcache reads ``os.environ``.
+
+The two extension switches (``SEMCACHE_NO_EXTENSIONS``, ``SEMCACHE_REQUIRE_EXTENSIONS``)
+are process-wide and read by :func:`extension_policy`, because they decide which code is
+imported before any Settings object exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+__all__ = ["Settings", "Spec", "specs", "setting", "extension_policy", "add_arguments", "ENV_PREFIX"]
+
+ENV_PREFIX = "SEMCACHE_"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Declaration of one setting: name, parser from text, default, help."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    secret: bool = False
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _opt_float(text: str) -> float | None:
+    return None if text.strip().lower() in ("", "none", "0", "inf") else float(text)
+
+
+def _opt_str(text: str) -> str | None:
+    return text or None
+
+
+def _size(text: str) -> int:
+    """Bytes from text such as ``1048576``, ``64k``, ``512MiB``, ``4g``."""
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}.get(t[-1:], 1)
+    return int(float(t[:-1] if mult != 1 else t) * mult)
+
+
+def setting(default: Any, help: str, parse: Callable[[str], Any], *, secret: bool = False) -> Any:
+    """Declare one setting as a dataclass field: default, help text, parser from text."""
+    return field(default=default, repr=not secret,
+                 metadata={"help": help, "parse": parse, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The frozen configuration of one semcache process.  Build with :meth:`load`.
+
+    Each field is the one declaration of a setting; its flag is ``--field-name`` and its
+    environment variable ``SEMCACHE_FIELD_NAME``.
+    """
+
+    # --- storage and cache semantics
+    data_dir: Path = setting(Path("./semcache-data"), "directory of the LMDB store", Path)
+    threshold: float = setting(
+        0.90, "cosine similarity at or above which a semantic match is served", float)
+    threshold_floor: float = setting(
+        0.80, "lowest per-request X-Semcache-Threshold the server accepts", float)
+    ttl: float | None = setting(
+        7 * 24 * 3600.0, "seconds an entry lives after insertion (none/0: forever)", _opt_float)
+    max_entries: int = setting(
+        1_000_000, "entry cap; least recently used entries are evicted past it", int)
+    max_bytes: int = setting(2 << 30, "cap on stored payload bytes (suffixes k, m, g)", _size)
+    eviction: str = setting("lru", "eviction policy: lru or lfu", str)
+    flat_limit: int = setting(
+        4096, "scopes up to this many entries are searched by exact scan, larger by FAISS", int)
+    map_size: int = setting(8 << 30, "LMDB map size: the most the store file may grow to", _size)
+    sync: bool = setting(
+        True, "fsync each LMDB commit (off: faster, may lose the last writes on power loss)", _bool)
+    # --- embedding
+    embedding_model: str = setting(
+        "default",
+        "sentence-transformers model name or local path; 'default' is the packaged all-MiniLM-L6-v2",
+        str)
+    embedding_device: str = setting("cpu", "torch device for the embedding model", str)
+    embedding_threads: int = setting(
+        0, "intra-op threads for the embedding model (0: library default)", int)
+    # --- sidecar server
+    upstream: str = setting(
+        "http://127.0.0.1:4000",
+        "base URL of the OpenAI-compatible router, e.g. https://api.openai.com", str)
+    host: str = setting("127.0.0.1", "address to listen on", str)
+    port: int = setting(8080, "port to listen on", int)
+    admin_token: str | None = setting(
+        None, "bearer token required by the operator API", _opt_str, secret=True)
+    lookup_timeout: float = setting(
+        0.3, "seconds a cache lookup may take before the request goes upstream uncached", float)
+    upstream_timeout: float = setting(600.0, "seconds to wait for the upstream's full answer", float)
+    upstream_connect_timeout: float = setting(
+        10.0, "seconds to wait to connect to the upstream", float)
+    max_body_bytes: int = setting(4 << 20, "largest accepted request body", _size)
+    cache_tool_calls: bool = setting(False, "also store answers that end in tool_calls", _bool)
+    cache_truncated: bool = setting(
+        False, "also store answers cut by max_tokens (finish_reason length)", _bool)
+    namespace_from_key: bool = setting(
+        True,
+        "without X-Semcache-Namespace, partition entries by API key (off: one shared namespace)",
+        _bool)
+    log_level: str = setting("info", "logging level", str)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @classmethod
+    def load(
+        cls,
+        args: argparse.Namespace | Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Defaults < ``SEMCACHE_*`` environment < explicit ``args`` (None values ignored).
+
+        Raises :class:`ConfigError` naming the variable or flag whose text does not parse.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in specs():
+            raw = env.get(spec.env)
+            if raw is not None:
+                values[spec.name] = _parse(spec, raw, spec.env)
+        given = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+        by_name = {s.name: s for s in specs()}
+        for name, value in given.items():
+            if name in by_name and value is not None:
+                spec = by_name[name]
+                values[name] = _parse(spec, value, spec.flag) if isinstance(value, str) else value
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def public(self) -> dict[str, Any]:
+        """The settings as JSON-able values, secrets masked (for logs and the operator API)."""
+        out: dict[str, Any] = {}
+        for spec in specs():
+            value = getattr(self, spec.name)
+            if spec.secret:
+                value = "***" if value else None
+            out[spec.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def specs() -> tuple[Spec, ...]:
+    """The declared settings, in declaration order."""
+    return tuple(
+        Spec(f.name, f.metadata["parse"], f.default, f.metadata["help"], f.metadata["secret"])
+        for f in dataclasses.fields(Settings)
+    )
+
+
+def _parse(spec: Spec, raw: str, source: str) -> Any:
+    try:
+        return spec.parse(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(source, raw, f"cannot parse: {exc}") from None
+
+
+def _validate(s: Settings) -> None:
+    if not 0.0 < s.threshold <= 1.0:
+        raise ConfigError("threshold", s.threshold, "must be in (0, 1]")
+    if not 0.0 < s.threshold_floor <= 1.0:
+        raise ConfigError("threshold_floor", s.threshold_floor, "must be in (0, 1]")
+    if s.ttl is not None and s.ttl <= 0:
+        raise ConfigError("ttl", s.ttl, "must be positive or none")
+    for name in ("max_entries", "max_bytes", "flat_limit", "map_size", "max_body_bytes"):
+        if getattr(s, name) < 1:
+            raise ConfigError(name, getattr(s, name), "must be at least 1")
+    if s.eviction not in ("lru", "lfu"):
+        raise ConfigError("eviction", s.eviction, "must be 'lru' or 'lfu'")
+    if not 0 < s.port < 65536:
+        raise ConfigError("port", s.port, "must be a TCP port number")
+    for name in ("lookup_timeout", "upstream_timeout", "upstream_connect_timeout"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(name, getattr(s, name), "must be positive")
+    if not s.upstream.startswith(("http://", "https://")):
+        raise ConfigError("upstream", s.upstream, "must be an http:// or https:// URL")
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
+    """Add ``--flag`` options for the named settings (all when None), defaulting to None
+    so that unset flags fall through to the environment and the declared default."""
+    for spec in specs():
+        if names is not None and spec.name not in names:
+            continue
+        shown = "***" if spec.secret else spec.default
+        parser.add_argument(
+            spec.flag, dest=spec.name, default=None, metavar=spec.name.upper(),
+            help=f"{spec.help} [env {spec.env}; default {shown}]",
+        )
+
+
+Mode = Literal["auto", "native", "python"]
+
+
+def extension_policy(environ: Mapping[str, str] | None = None) -> Mode:
+    """Which implementation of the hot loops to use: ``python`` when
+    ``SEMCACHE_NO_EXTENSIONS=1``, ``native`` (required, missing is an error) when
+    ``SEMCACHE_REQUIRE_EXTENSIONS=1``, else ``auto`` (native when built)."""
+    env = os.environ if environ is None else environ
+    if _bool(env.get(ENV_PREFIX + "NO_EXTENSIONS", "0")):
+        return "python"
+    if _bool(env.get(ENV_PREFIX + "REQUIRE_EXTENSIONS", "0")):
+        return "native"
+    return "auto"

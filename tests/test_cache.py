@@ -1,0 +1,208 @@
+"""SemanticCache on the real model, FAISS and LMDB: the issue's must-hold list."""
+
+from __future__ import annotations
+
+import pytest
+
+from semcache import CacheRequest, EmbedderMismatchError, InvalidRequestError, SemanticCache
+from tests.conftest import (
+    CacheFactory,
+    Clock,
+    HashEmbedder,
+    answer,
+    chat,
+    langcache_pairs,
+    meancache_items,
+)
+
+CHAT = "/v1/chat/completions"
+
+
+def req(body: dict, ns: str = "anonymous") -> CacheRequest:
+    return CacheRequest.from_body(CHAT, body, namespace=ns)
+
+
+def test_exact_repeat_hits_without_embedding(make_cache: CacheFactory) -> None:
+    cache = make_cache()
+    entry = cache.store(req(chat("What is the capital of France?")), answer("Paris."))
+    calls = []
+    real = cache.embedder.embed
+    cache.embedder.embed = lambda texts: calls.append(texts) or real(texts)  # type: ignore[method-assign]
+    try:
+        hit = cache.lookup(req(chat("What is the capital of France?")))
+    finally:
+        cache.embedder.embed = real  # type: ignore[method-assign]
+    assert hit is not None and hit.match == "exact" and hit.entry_id == entry
+    assert hit.similarity == 1.0 and hit.json()["choices"][0]["message"]["content"] == "Paris."
+    assert calls == []
+
+
+def test_paraphrase_hits_and_near_miss_misses_at_default_threshold(make_cache: CacheFactory) -> None:
+    pairs = {(a, b): label for a, b, label in langcache_pairs()}
+    para = ("python sort list ascending", "how to sort a list in python ascending")
+    near = ("python sort list ascending", "python reverse sort list")
+    assert pairs[para] == 1 and pairs[near] == 0  # as labeled in the data
+    cache = make_cache()
+    stored = cache.store(req(chat(para[0])), answer("sorted(xs)"))
+    hit = cache.lookup(req(chat(para[1])))
+    assert hit is not None and hit.match == "semantic" and hit.entry_id == stored
+    assert cache.settings.threshold <= hit.similarity < 1.0
+    assert cache.lookup(req(chat(near[1]))) is None
+
+
+def test_per_call_threshold(make_cache: CacheFactory) -> None:
+    cache = make_cache()
+    cache.store(req(chat("What is the capital of France?")), answer("Paris."))
+    q = req(chat("what's the capital city of france"))
+    assert cache.lookup(q, threshold=0.99) is None
+    assert cache.lookup(q, threshold=0.8) is not None
+    with pytest.raises(InvalidRequestError):
+        cache.lookup(q, threshold=1.5)
+
+
+@pytest.mark.parametrize("other", [
+    pytest.param(lambda t: req(chat(t), ns="ns:tenant-b"), id="namespace"),
+    pytest.param(lambda t: req(chat(t, model="gpt-4o")), id="model"),
+    pytest.param(lambda t: req(chat(t, temperature=1.2)), id="temperature"),
+    pytest.param(lambda t: req(chat(t, tools=[{"type": "function", "function": {"name": "f"}}])),
+                 id="tools"),
+    pytest.param(lambda t: req(chat(t, system="Answer in French.")), id="system-prompt"),
+    pytest.param(lambda t: req(chat(t, history=[("Tell me about Canada", "Canada is ...")])),
+                 id="earlier-turns"),
+])
+def test_other_scope_misses_even_for_the_same_text(make_cache: CacheFactory, other) -> None:  # type: ignore[no-untyped-def]
+    cache = make_cache()
+    text = "What is the capital?"
+    cache.store(req(chat(text)), answer("Paris."))
+    assert cache.lookup(req(chat(text))) is not None
+    assert cache.lookup(other(text)) is None
+    assert cache.lookup(other("What's the capital?")) is None
+
+
+def test_follow_ups_are_not_served_across_conversations(make_cache: CacheFactory) -> None:
+    """meancache two-turn data: a follow-up's meaning depends on the first turn."""
+    cache = make_cache()
+    items = meancache_items()[:30]
+    for it in items:
+        cache.store(req(chat(it["u0"])), answer(it["system_q0"]))
+        cache.store(req(chat(it["u1"], history=[(it["u0"], it["system_q0"])])),
+                    answer(it["system_q1"]))
+    wrong = right = 0
+    for i, it in enumerate(items):
+        other = items[(i + 1) % len(items)]
+        # the same follow-up asked after another conversation's first turn: must miss
+        q = req(chat(it["u1"], history=[(other["u0"], other["system_q0"])]))
+        wrong += cache.lookup(q) is not None
+        # the same follow-up in its own conversation: an exact hit
+        own = cache.lookup(req(chat(it["u1"], history=[(it["u0"], it["system_q0"])])))
+        right += own is not None and own.json()["choices"][0]["message"]["content"] == it["system_q1"]
+    assert wrong == 0
+    assert right == len(items)
+
+
+def test_second_process_hits_what_the_first_stored(tmp_path, embedder) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    data = tmp_path / "shared-store"
+    code = (
+        "import sys; from semcache import SemanticCache, Settings, CacheRequest;"
+        "c=SemanticCache(Settings(data_dir=sys.argv[1]));"
+        "r=CacheRequest.from_body('/v1/chat/completions', {'model':'m','messages':"
+        "[{'role':'user','content':'How do I reverse a string in Python?'}]});"
+        "print(c.store(r, {'choices':[{'message':{'content':'s[::-1]'},'finish_reason':'stop'}]}));"
+        "c.close()"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(data)], capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    stored_id = int(out.stdout.strip())
+    from semcache import Settings
+
+    with SemanticCache(Settings(data_dir=data), embedder) as cache:
+        hit = cache.lookup(CacheRequest.from_body(CHAT, {"model": "m", "messages": [
+            {"role": "user", "content": "How can I reverse a string in python"}]}))
+        assert hit is not None and hit.entry_id == stored_id and hit.match == "semantic"
+
+
+def test_ttl_expiry_removes_from_index_and_store(make_cache: CacheFactory) -> None:
+    clock = Clock()
+    cache = make_cache(clock=clock, ttl=60.0)
+    a = cache.store(req(chat("What is the capital of France?")), answer("Paris."))
+    b = cache.store(req(chat("Capital of Canada")), answer("Ottawa."), ttl=600.0)
+    clock.now += 61
+    assert cache.lookup(req(chat("What is the capital of France?"))) is None  # expired: not served
+    assert cache.sweep() == 1
+    assert a not in cache.index and cache.store_db.get(a) is None
+    assert b in cache.index and cache.store_db.get(b) is not None
+    clock.now += 600
+    reopened_ids = [i for i, _, _ in cache.store_db.iter_index()]
+    assert reopened_ids == [b]
+
+
+def test_expired_entries_are_dropped_on_reopen(make_cache: CacheFactory) -> None:
+    clock = Clock()
+    first = make_cache(clock=clock, ttl=10.0)
+    old = first.store(req(chat("What is the capital of France?")), answer("Paris."))
+    first.close()
+    clock.now += 11
+    second = make_cache(clock=clock, ttl=10.0)
+    assert len(second) == 0 and second.store_db.get(old) is None
+
+
+def test_entry_cap_evicts_least_recently_used_from_index_and_store(make_cache: CacheFactory) -> None:
+    cache = make_cache(max_entries=3)
+    texts = ["What is the capital of France?", "Capital of Canada", "GDP of Japan in 2020",
+             "python sort list ascending"]
+    ids = [cache.store(req(chat(t)), answer(t)) for t in texts[:3]]
+    assert cache.lookup(req(chat(texts[0]))) is not None  # touch: France is now most recent
+    ids.append(cache.store(req(chat(texts[3])), answer(texts[3])))
+    assert len(cache) == 3 and cache.evictions == 1
+    evicted = ids[1]  # Canada: least recently used
+    assert evicted not in cache.index and cache.store_db.get(evicted) is None
+    assert cache.lookup(req(chat("What is the capital city of Canada?")), threshold=0.8) is None
+    assert cache.lookup(req(chat(texts[0]))) is not None
+
+
+def test_byte_cap_evicts(make_cache: CacheFactory) -> None:
+    cache = make_cache(max_bytes=1500)
+    for i in range(6):
+        cache.store(req(chat(f"question number {i}")), answer("x" * 200))
+    assert cache.tracker.total_bytes <= 1500
+    assert cache.store_db.count() == len(cache) < 6
+
+
+def test_store_of_another_model_is_refused_naming_both(make_cache: CacheFactory) -> None:
+    first = make_cache()
+    first.store(req(chat("hello")), answer("hi"))
+    first.close()
+    with pytest.raises(EmbedderMismatchError) as info:
+        make_cache(embedder_=HashEmbedder())
+    msg = str(info.value)
+    assert "sentence-transformers/all-MiniLM-L6-v2@torch" in msg and "test-hash@fake" in msg
+    # and nothing was lost
+    again = make_cache()
+    assert again.lookup(req(chat("hello"))) is not None
+
+
+def test_restoring_the_same_exact_key_replaces_the_entry(make_cache: CacheFactory) -> None:
+    cache = make_cache()
+    a = cache.store(req(chat("What is RAM?")), answer("old"))
+    b = cache.store(req(chat("What is RAM?")), answer("new"))
+    assert a != b and len(cache) == 1 and a not in cache.index
+    hit = cache.lookup(req(chat("What is RAM?")))
+    assert hit is not None and hit.entry_id == b and "new" in hit.body.decode()
+
+
+def test_large_scopes_are_searched_through_faiss(make_cache: CacheFactory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """flat_limit=2 forces the FAISS path; results must match the exact-scan path."""
+    pairs = [(a, b) for a, b, label in langcache_pairs() if label == 1][:40]
+    results: dict[int, list[str | None]] = {}
+    for limit in (10_000, 2):
+        cache = make_cache(flat_limit=limit, data_dir=tmp_path / f"limit-{limit}")
+        texts = {cache.store(req(chat(a)), answer(a)): a for a, _ in pairs}
+        assert (cache.index._blocks[req(chat("x")).scope].ann is None) == (limit > len(pairs))
+        hits = [cache.lookup(req(chat(b))) for _, b in pairs]
+        results[limit] = [texts[h.entry_id] if h else None for h in hits]
+    assert results[2] == results[10_000]
+    assert sum(r is not None for r in results[2]) >= len(pairs) // 3  # the path was exercised

@@ -1,0 +1,84 @@
+"""The scoped index on its own: partitioning, removal, compaction, checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from semcache.index import ScopedIndex, VectorError
+
+
+def unit(rng: np.random.Generator, d: int = 8) -> np.ndarray:
+    v = rng.standard_normal(d).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+@pytest.mark.parametrize("flat_limit", [1000, 2])
+def test_search_never_leaves_its_scope(flat_limit: int) -> None:
+    rng = np.random.default_rng(0)
+    idx = ScopedIndex(8, flat_limit=flat_limit)
+    v = unit(rng)
+    idx.add(b"A", 1, v, None)
+    for i in range(2, 20):
+        idx.add(b"B", i, unit(rng), None)
+    assert idx.search(b"A", v, 0.99, 0.0).entry_id == 1
+    assert idx.search(b"B", v, 0.99, 0.0).entry_id == -1
+    assert idx.search(b"C", v, 0.0, 0.0).entry_id == -1
+
+
+@pytest.mark.parametrize("flat_limit", [1000, 4])
+def test_removed_and_expired_rows_are_skipped_and_blocks_compact(flat_limit: int) -> None:
+    rng = np.random.default_rng(1)
+    idx = ScopedIndex(8, flat_limit=flat_limit)
+    vecs = {i: unit(rng) for i in range(1, 41)}
+    for i, v in vecs.items():
+        idx.add(b"S", i, v, 100.0 if i % 2 else None)
+    assert idx.search(b"S", vecs[3], 0.99, 50.0).entry_id == 3
+    assert idx.search(b"S", vecs[3], 0.99, 150.0).entry_id == -1  # expired
+    for i in range(1, 31):
+        assert idx.remove(i)
+    assert not idx.remove(1)
+    assert len(idx) == 10 and idx._blocks[b"S"].n < 40  # compacted
+    for i in range(31, 41):
+        assert idx.search(b"S", vecs[i], 0.99, 0.0).entry_id == i
+    for i in range(31, 41):
+        idx.remove(i)
+    assert idx.scopes == 0
+
+
+def test_ann_scope_keeps_searching_past_dead_top_candidates() -> None:
+    rng = np.random.default_rng(2)
+    idx = ScopedIndex(8, flat_limit=2)
+    q = unit(rng)
+    for i in range(1, 30):  # near-copies of q, all to be removed
+        idx.add(b"S", i, q, None)
+    target = (q + 0.05 * unit(rng)).astype(np.float32)
+    target /= np.linalg.norm(target)
+    idx.add(b"S", 100, target, None)
+    for i in range(1, 30):
+        idx._where.pop(i)  # kill rows without compaction, as a burst of removals would
+        idx._blocks[b"S"].live[i - 1] = 0
+        idx._blocks[b"S"].dead += 1
+    hit = idx.search(b"S", q, 0.9, 0.0)
+    assert hit.entry_id == 100
+
+
+def test_vectors_are_checked() -> None:
+    idx = ScopedIndex(8)
+    with pytest.raises(VectorError, match="float32"):
+        idx.add(b"S", 1, np.ones(8), None)
+    with pytest.raises(VectorError, match=r"\(8,\)"):
+        idx.add(b"S", 1, np.ones(4, np.float32), None)
+    with pytest.raises(VectorError, match="NaN"):
+        idx.search(b"S", np.full(8, np.nan, np.float32), 0.5, 0.0)
+
+
+def test_readding_an_id_replaces_it() -> None:
+    rng = np.random.default_rng(3)
+    idx = ScopedIndex(8)
+    a, b = unit(rng), unit(rng)
+    idx.add(b"S", 1, a, None)
+    idx.add(b"T", 1, b, None)
+    assert len(idx) == 1
+    assert idx.search(b"S", a, 0.5, 0.0).entry_id == -1
+    assert idx.search(b"T", b, 0.99, 0.0).entry_id == 1

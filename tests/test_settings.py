@@ -1,0 +1,43 @@
+"""Settings: declared once, defaults < environment < flags, errors name the source."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from semcache import ConfigError, Settings
+from semcache.settings import add_arguments, specs
+
+
+def test_precedence_defaults_env_flags() -> None:
+    assert Settings.load({}, {}).threshold == 0.90
+    env = {"SEMCACHE_THRESHOLD": "0.8", "SEMCACHE_DATA_DIR": "/tmp/x", "SEMCACHE_TTL": "none",
+           "SEMCACHE_MAX_BYTES": "64m", "SEMCACHE_SYNC": "off"}
+    s = Settings.load({}, env)
+    assert (s.threshold, s.data_dir, s.ttl, s.max_bytes, s.sync) == (0.8, Path("/tmp/x"), None,
+                                                                     64 << 20, False)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--threshold", "0.95"])
+    assert Settings.load(args, env).threshold == 0.95
+
+
+@pytest.mark.parametrize("env, name", [
+    ({"SEMCACHE_THRESHOLD": "high"}, "SEMCACHE_THRESHOLD"),
+    ({"SEMCACHE_THRESHOLD": "1.5"}, "threshold"),
+    ({"SEMCACHE_EVICTION": "fifo"}, "eviction"),
+    ({"SEMCACHE_UPSTREAM": "ftp://x"}, "upstream"),
+    ({"SEMCACHE_MAX_ENTRIES": "0"}, "max_entries"),
+])
+def test_bad_values_name_the_setting_and_value(env: dict[str, str], name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.load({}, env)
+    assert name in str(info.value) and list(env.values())[0] in str(info.value)
+
+
+def test_every_field_has_help_and_secrets_are_masked() -> None:
+    assert all(s.help for s in specs())
+    s = Settings(admin_token="hunter2")
+    assert s.public()["admin_token"] == "***" and "hunter2" not in repr(s)

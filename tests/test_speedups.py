@@ -1,0 +1,83 @@
+"""The native/twin switch, and native and twin agreeing on randomized inputs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from semcache import _pyselect, _speedups
+
+
+def test_switch_matches_the_environment() -> None:
+    if os.environ.get("SEMCACHE_NO_EXTENSIONS") == "1":
+        assert not _speedups.NATIVE and _speedups.select is _pyselect
+    elif os.environ.get("SEMCACHE_REQUIRE_EXTENSIONS") == "1":
+        assert _speedups.NATIVE and _speedups.select.__name__ == "semcache._cselect"
+
+
+def test_required_but_missing_native_module_is_an_error() -> None:
+    code = "import sys; sys.modules['semcache._cselect'] = None; import semcache._speedups"
+    env = {**os.environ, "SEMCACHE_REQUIRE_EXTENSIONS": "1", "SEMCACHE_NO_EXTENSIONS": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "SEMCACHE_REQUIRE_EXTENSIONS=1" in out.stderr
+
+
+def _native():  # type: ignore[no-untyped-def]
+    import importlib
+
+    try:
+        return importlib.import_module("semcache._cselect")
+    except ImportError:
+        if os.environ.get("SEMCACHE_NO_EXTENSIONS") == "1":
+            return None
+        raise
+
+
+block = st.integers(0, 40).flatmap(lambda n: st.tuples(
+    st.just(n), st.integers(1, 24), st.integers(0, 2**32 - 1),
+    st.floats(-1.0, 1.0), st.floats(0.0, 2.0)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(block)
+def test_native_and_twin_agree_on_block_scans(params: tuple[int, int, int, float, float]) -> None:
+    native = _native()
+    if native is None:
+        pytest.skip("semcache._cselect is not built; nothing native to compare")
+    n, d, seed, threshold, now = params
+    rng = np.random.default_rng(seed)
+    cap = n + int(rng.integers(0, 4))
+    vecs = rng.standard_normal((cap, d)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    q = vecs[int(rng.integers(0, cap))].copy() if cap else rng.standard_normal(d).astype(np.float32)
+    expires = rng.choice([0.5, 1.5, np.inf], size=cap)
+    live = rng.integers(0, 2, size=cap).astype(np.uint8)
+    a = native.best_in_block(vecs, n, q, expires, live, now, threshold)
+    b = _pyselect.best_in_block(vecs, n, q, expires, live, now, threshold)
+    assert (a[0] >= 0) == (b[0] >= 0) or abs(a[1] - threshold) < 1e-5
+    assert a[1] == b[1] or abs(a[1] - b[1]) < 1e-5
+    if a[0] >= 0 and b[0] >= 0 and a[0] != b[0]:  # only a float tie may pick another row
+        assert abs(float(vecs[a[0]] @ q) - float(vecs[b[0]] @ q)) < 1e-5
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 30), st.floats(-1.0, 1.0))
+def test_native_and_twin_agree_on_candidates(seed: int, k: int, threshold: float) -> None:
+    native = _native()
+    if native is None:
+        pytest.skip("semcache._cselect is not built; nothing native to compare")
+    rng = np.random.default_rng(seed)
+    cap = 40
+    rows = rng.integers(-1, cap, size=k).astype(np.int64)
+    scores = np.sort(rng.uniform(-1, 1, size=k).astype(np.float32))[::-1].copy()
+    expires = rng.choice([0.5, np.inf], size=cap)
+    live = rng.integers(0, 2, size=cap).astype(np.uint8)
+    a = native.best_of_candidates(scores, rows, expires, live, 1.0, threshold)
+    b = _pyselect.best_of_candidates(scores, rows, expires, live, 1.0, threshold)
+    assert a == b
