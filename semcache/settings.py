@@ -108,7 +108,8 @@ class Settings:
         str)
     embedding_device: str = setting("cpu", "torch device for the embedding model", str)
     embedding_threads: int = setting(
-        0, "intra-op threads for the embedding model (0: library default)", int)
+        1, "intra-op threads for the embedding model (0: torch's default, one per core); one "
+        "keeps a sidecar's latency steady beside a busy application", int)
     # --- sidecar server
     upstream: str = setting(
         "http://127.0.0.1:4000",

@@ -178,19 +178,20 @@ async def cached_endpoint(request: web.Request) -> web.StreamResponse:
     """POST /v1/chat/completions, /v1/completions, /v1/embeddings."""
     rt = request.app[RUNTIME]
     rt.counters.requests += 1
+    t0 = time.perf_counter()
     raw = await read_body(request, rt.settings.max_body_bytes)
     body = parse_json(raw)
     controls = Controls.from_headers(request.headers, rt.settings)
     cache = rt.cache
     if cache is None:  # still loading (or failed to load): plain proxy
         rt.counters.bypasses += 1
-        return await forward(request, rt, raw, None, body, controls, None, "bypass")
+        return await forward(request, rt, raw, None, body, controls, None, "bypass", t0)
     namespace = cache.namespace(controls.namespace, request.headers.get("Authorization"))
     creq = CacheRequest.from_body(request.path, body, namespace=namespace)
     cacheable = creq.n == 1
     if not cacheable:
         rt.counters.bypasses += 1
-        return await forward(request, rt, raw, creq, body, controls, None, "bypass")
+        return await forward(request, rt, raw, creq, body, controls, None, "bypass", t0)
     if not controls.no_cache:
         threshold = controls.threshold
         if creq.endpoint == EMBEDDINGS:  # exact only
@@ -202,7 +203,9 @@ async def cached_endpoint(request: web.Request) -> web.StreamResponse:
                 rt.counters.hits_exact += 1
             else:
                 rt.counters.hits_semantic += 1
-            return await respond_with_answer(request, creq, body, hit.json(), hit_headers(hit))
+            headers = hit_headers(hit)
+            headers["Server-Timing"] = _timing(t0)
+            return await respond_with_answer(request, creq, body, hit.json(), headers)
         pending = rt.coalescer.pending(creq.exact)
         if pending is not None:
             shared = await asyncio.shield(pending)
@@ -215,30 +218,46 @@ async def cached_endpoint(request: web.Request) -> web.StreamResponse:
         flight = rt.coalescer.begin(creq.exact)
         rt.counters.misses += 1
         try:
-            return await forward(request, rt, raw, creq, body, controls, flight, "miss")
+            return await forward(request, rt, raw, creq, body, controls, flight, "miss", t0)
         finally:
             flight.publish(None)
             if not flight.held:
                 flight.finish()
     rt.counters.bypasses += 1
-    return await forward(request, rt, raw, creq, body, controls, None, "bypass")
+    return await forward(request, rt, raw, creq, body, controls, None, "bypass", t0)
+
+
+def _timing(t0: float, upstream_start: float | None = None) -> str:
+    """``Server-Timing`` value: time spent in semcache (and waiting for the upstream), ms."""
+    now = time.perf_counter()
+    if upstream_start is None:
+        return f"cache;dur={(now - t0) * 1000:.3f}"
+    return (f"cache;dur={(upstream_start - t0) * 1000:.3f}, "
+            f"upstream;dur={(now - upstream_start) * 1000:.3f}")
 
 
 async def forward(
     request: web.Request, rt: Runtime, raw: bytes, creq: CacheRequest | None,
-    body: Any, controls: Controls, flight: Flight | None, status: str,
+    body: Any, controls: Controls, flight: Flight | None, status: str, t0: float,
 ) -> web.StreamResponse:
-    """Send the request upstream and relay the answer; store it when admissible."""
+    """Send the request upstream and relay the answer; store it when admissible.
+
+    ``Server-Timing`` tells the time before the upstream call (semcache's overhead) and
+    until the upstream's response headers arrived.
+    """
     wants_stream = bool(isinstance(body, dict) and body.get("stream"))
+    upstream_start = time.perf_counter()
     upstream_resp = await rt.upstream.send(
         "POST", request.path, query=request.query_string, headers=request.headers, data=raw,
         streaming=wants_stream, identity=True)
+    timing = _timing(t0, upstream_start)
     try:
         if upstream_resp.status >= 400:
             rt.counters.upstream_errors += 1
         ctype = upstream_resp.headers.get("Content-Type", "")
         headers = response_headers(upstream_resp.headers)
         headers[STATUS] = status
+        headers["Server-Timing"] = timing
         if wants_stream and upstream_resp.status == 200 and "text/event-stream" in ctype:
             return await _relay_stream(request, rt, upstream_resp, creq, controls, flight, headers)
         try:

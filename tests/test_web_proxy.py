@@ -52,6 +52,7 @@ def test_sync_non_stream_repeat_is_a_hit_and_upstream_saw_one_call(
     assert h2["x-semcache-status"] == "hit" and h2["x-semcache-match"] == "exact"
     assert h2["x-semcache-similarity"] == "1.0000" and int(h2["x-semcache-entry"]) > 0
     assert int(h2["x-semcache-age"]) >= 0
+    assert h2["server-timing"].startswith("cache;dur=") and "upstream;dur=" in h1["server-timing"]
     assert a1 == a2 and a1.startswith("Answer ")
     assert fake.stats.total(CHAT) == 1
 
