@@ -86,6 +86,10 @@ class SemanticCache:
             map_size=self.settings.map_size, sync=self.settings.sync)
         self.index = ScopedIndex(self.embedder.dim, flat_limit=self.settings.flat_limit)
         self.tracker = EvictionTracker(self.settings.eviction)
+        # _write_lock serialises mutations (store, delete, evict, sweep) and may be held
+        # across an LMDB commit; _lock guards the tracker and hit counts for microseconds
+        # only, because the event loop takes it on every hit.
+        self._write_lock = threading.Lock()
         self._lock = threading.Lock()
         self._pending_hits: dict[int, tuple[float, int]] = {}
         self._memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
@@ -230,47 +234,51 @@ class SemanticCache:
             scope=req.scope, exact=req.exact, namespace=req.namespace, endpoint=req.endpoint,
             model=req.model, text=req.semantic_text, body=body, usage=usage, created=now,
             expires=now + life if life is not None else None)
-        with self._lock:  # one store at a time keeps index, tracker and LMDB in step
-            self._evict_locked(len(body))
+        with self._write_lock:  # one mutation at a time keeps index, tracker and LMDB in step
+            with self._lock:
+                victims = self.tracker.victims(
+                    self.settings.max_entries - 1, self.settings.max_bytes, len(body))
+            if victims:
+                self._drop(victims)
+                self.evictions += len(victims)
             entry_id, meta, replaced = self.store_db.put(record, vec)
             for old in replaced:
                 self.index.remove(old)
-                self.tracker.remove(old)
             if vec is not None:
                 self.index.add(req.scope, entry_id, vec, record.expires)
-            self.tracker.add(entry_id, meta.size, record.expires)
+            with self._lock:
+                for old in replaced:
+                    self.tracker.remove(old)
+                self.tracker.add(entry_id, meta.size, record.expires)
         return entry_id
 
-    def _evict_locked(self, incoming: int) -> None:
-        victims = self.tracker.victims(
-            self.settings.max_entries - 1, self.settings.max_bytes, incoming)
-        if victims:
-            self._drop_locked(victims)
-            self.evictions += len(victims)
-
-    def _drop_locked(self, ids: list[int]) -> list[int]:
+    def _drop(self, ids: list[int]) -> list[int]:
+        """Delete ``ids`` from LMDB, then index and tracker.  Caller holds _write_lock."""
         gone = self.store_db.delete(ids)
         for entry_id in ids:  # also ids already gone from LMDB (e.g. another process)
             self.index.remove(entry_id)
-            self.tracker.remove(entry_id)
-            self._pending_hits.pop(entry_id, None)
+        with self._lock:
+            for entry_id in ids:
+                self.tracker.remove(entry_id)
+                self._pending_hits.pop(entry_id, None)
         return gone
 
     # ------------------------------------------------------------- maintenance
     def delete(self, entry_id: int) -> bool:
         """Remove one entry from store and index; False when it did not exist."""
-        with self._lock:
-            return bool(self._drop_locked([entry_id]))
+        with self._write_lock:
+            return bool(self._drop([entry_id]))
 
     def sweep(self) -> int:
         """Remove expired entries from store and index; returns how many."""
         removed = 0
-        with self._lock:
+        with self._write_lock:
             while True:
-                ids = self.tracker.expired(self.clock())
+                with self._lock:
+                    ids = self.tracker.expired(self.clock())
                 if not ids:
                     break
-                self._drop_locked(ids)
+                self._drop(ids)
                 removed += len(ids)
         self.expirations += removed
         return removed

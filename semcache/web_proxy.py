@@ -193,11 +193,7 @@ async def cached_endpoint(request: web.Request) -> web.StreamResponse:
         rt.counters.bypasses += 1
         return await forward(request, rt, raw, creq, body, controls, None, "bypass", t0)
     if not controls.no_cache:
-        threshold = controls.threshold
-        if creq.endpoint == EMBEDDINGS:  # exact only
-            hit = cache.lookup_exact(creq)
-        else:
-            hit = await lookup(rt, creq, threshold)
+        hit = await lookup(rt, creq, controls.threshold)  # embeddings: exact only
         if hit is not None:
             if hit.match == "exact":
                 rt.counters.hits_exact += 1
