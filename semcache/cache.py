@@ -5,7 +5,8 @@
     CacheRequest -> exact lookup (LMDB) -> embed -> scoped index search -> re-check -> Hit
 
 A found entry is served only after its stored scope is compared with the request's and
-its expiry with the clock, so a stale or foreign index row can never leak an answer.
+its expiry with the clock, so a stale or foreign index row can never leak an answer; a
+semantic match must also pass the near-miss guard (:mod:`semcache.guard`).
 
 Thread safety: every method may be called from any thread.  Embedding runs on the calling
 thread (the web layer calls from its embedding executor); LMDB writes run on the store's
@@ -28,6 +29,7 @@ import numpy as np
 from .embedding import Embedder, load_embedder
 from .errors import InvalidRequestError
 from .eviction import EvictionTracker
+from .guard import conflict
 from .index import ScopedIndex
 from .keys import CacheRequest, derive_namespace
 from .settings import Settings
@@ -96,6 +98,7 @@ class SemanticCache:
         self._memo_lock = threading.Lock()
         self.evictions = 0
         self.expirations = 0
+        self.guard_rejections = 0
         self._closed = False
         self._rebuild()
 
@@ -194,6 +197,11 @@ class SemanticCache:
 
     def _serve(self, entry_id: int, req: CacheRequest, match: str, sim: float) -> Hit | None:
         rec = self.store_db.get(entry_id)
+        if (match == "semantic" and rec is not None and self.settings.near_miss_guard
+                and req.semantic_text and rec.text
+                and conflict(req.semantic_text, rec.text) is not None):
+            self.guard_rejections += 1
+            return None
         now = self.clock()
         # re-check: the index is derived state; the store decides.
         if rec is None or rec.scope != req.scope or rec.namespace != req.namespace:
@@ -295,5 +303,6 @@ class SemanticCache:
             "entries": len(self.tracker), "indexed": len(self.index),
             "scopes": self.index.scopes, "payload_bytes": self.tracker.total_bytes,
             "evictions": self.evictions, "expirations": self.expirations,
+            "guard_rejections": self.guard_rejections,
             "embedder": self.embedder.name, "dim": self.embedder.dim,
         }
