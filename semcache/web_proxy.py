@@ -25,6 +25,7 @@ import aiohttp
 from aiohttp import web
 
 from . import admission
+from . import web_accounting as accounting
 from .cache import Hit
 from .coalesce import Flight
 from .errors import InvalidRequestError, PayloadTooLargeError, UpstreamError, UpstreamTimeoutError
@@ -193,21 +194,26 @@ async def cached_endpoint(request: web.Request) -> web.StreamResponse:
         return await forward(request, rt, raw, creq, body, controls, None, "bypass")
     if not controls.no_cache:
         threshold = controls.threshold
+        started = time.perf_counter()
         if creq.endpoint == EMBEDDINGS:  # exact only
             hit = cache.lookup_exact(creq)
         else:
             hit = await lookup(rt, creq, threshold)
+        accounting.on_lookup(rt, creq.endpoint, time.perf_counter() - started)
         if hit is not None:
             if hit.match == "exact":
                 rt.counters.hits_exact += 1
             else:
                 rt.counters.hits_semantic += 1
-            return await respond_with_answer(request, creq, body, hit.json(), hit_headers(hit))
+            answer = hit.json()
+            accounting.on_hit(rt, creq, body, answer, hit.match, hit.similarity, hit.entry_id)
+            return await respond_with_answer(request, creq, body, answer, hit_headers(hit))
         pending = rt.coalescer.pending(creq.exact)
         if pending is not None:
             shared = await asyncio.shield(pending)
             if shared is not None:
                 rt.counters.hits_coalesced += 1
+                accounting.on_hit(rt, creq, body, shared, "coalesced", 1.0, None)
                 return await respond_with_answer(
                     request, creq, body, shared,
                     {STATUS: "hit", "X-Semcache-Match": "exact", "X-Semcache-Similarity": "1.0000",
@@ -229,6 +235,8 @@ async def forward(
     body: Any, controls: Controls, flight: Flight | None, status: str,
 ) -> web.StreamResponse:
     """Send the request upstream and relay the answer; store it when admissible."""
+    charge = accounting.Charge(rt, request, creq, body)
+    charge.begin(status)  # a namespace over its budget gets 429 here
     wants_stream = bool(isinstance(body, dict) and body.get("stream"))
     upstream_resp = await rt.upstream.send(
         "POST", request.path, query=request.query_string, headers=request.headers, data=raw,
@@ -240,7 +248,8 @@ async def forward(
         headers = response_headers(upstream_resp.headers)
         headers[STATUS] = status
         if wants_stream and upstream_resp.status == 200 and "text/event-stream" in ctype:
-            return await _relay_stream(request, rt, upstream_resp, creq, controls, flight, headers)
+            return await _relay_stream(request, rt, upstream_resp, creq, controls, flight, headers,
+                                       charge)
         try:
             data = await upstream_resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -250,13 +259,14 @@ async def forward(
                                 f"{type(exc).__name__}") from exc
         resp = web.Response(body=data, status=upstream_resp.status,
                             reason=upstream_resp.reason, headers=headers)
+        answer = None
+        if upstream_resp.status == 200 and not upstream_resp.headers.get("Content-Encoding"):
+            try:
+                answer = json.loads(data)
+            except ValueError:
+                answer = None
+        charge.settle(upstream_resp.status, answer)
         if creq is not None and not controls.no_store:
-            answer = None
-            if upstream_resp.status == 200 and not upstream_resp.headers.get("Content-Encoding"):
-                try:
-                    answer = json.loads(data)
-                except ValueError:
-                    answer = None
             _admit(rt, creq, upstream_resp.status, answer, controls, flight)
         return resp
     finally:
@@ -266,7 +276,7 @@ async def forward(
 async def _relay_stream(
     request: web.Request, rt: Runtime, upstream_resp: aiohttp.ClientResponse,
     creq: CacheRequest | None, controls: Controls, flight: Flight | None,
-    headers: Any,
+    headers: Any, charge: accounting.Charge,
 ) -> web.StreamResponse:
     """Relay SSE bytes as they arrive while assembling; store only a complete stream."""
     out = web.StreamResponse(status=200, headers=headers)
@@ -281,9 +291,11 @@ async def _relay_stream(
         # stream break as it would without the cache
         log.warning("upstream stream for %s broke: %s", request.path, type(exc).__name__)
         rt.counters.upstream_errors += 1
+        charge.settle(200, assembler.body())  # what arrived was billed all the same
         if request.transport is not None:
             request.transport.close()
         return out
+    charge.settle(200, assembler.body())
     await out.write_eof()
     if creq is not None and not controls.no_store:
         answer = assembler.body() if assembler.complete else None
