@@ -62,9 +62,10 @@ class ImportedEntry:
     source_id: int | None
 
 
-def header_line(*, embedder: str, dim: int, salt: bytes, exported_at: float, count: int,
+def header_line(*, embedder: str, dim: int, salt: bytes, exported_at: float, count: int | None,
                 namespace: str | None) -> str:
-    """The header line (with its newline)."""
+    """The header line (with its newline).  ``count`` is the number of live entries when
+    the export began (None for an export of one namespace: unknown without a scan)."""
     return json.dumps({"semcache_export": FORMAT, "embedder": embedder, "dim": dim,
                        "salt": salt.hex(), "exported_at": exported_at, "count": count,
                        "namespace": namespace}, separators=(",", ":")) + "\n"

@@ -454,7 +454,8 @@ async def export(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson; charset=utf-8"})
     await resp.prepare(request)
     await resp.write(header_line(embedder=cache.embedder.name, dim=cache.embedder.dim,
-                                 salt=cache.salt, exported_at=now, count=len(cache),
+                                 salt=cache.salt, exported_at=now,
+                                 count=len(cache) if namespace is None else None,
                                  namespace=namespace).encode("utf-8"))
     after: int | None = 0
     while after is not None:

@@ -252,7 +252,8 @@ def test_a_namespace_over_its_budget_gets_429_while_another_is_served(
 
 # ----------------------------------------------------------------- export/import
 def test_export_then_import_into_an_empty_sidecar_reproduces_the_hits(
-        start_sidecar: SidecarFactory, fake: Fake, tmp_path: Path) -> None:
+        start_sidecar: SidecarFactory, fake: Fake, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     src = start_sidecar(admin_token=TOKEN, data_dir=tmp_path / "src")
     named = openai_client(src.url, "sk-x", namespace="team-x", max_retries=0)
     keyed = openai_client(src.url, "sk-keyed", max_retries=0)  # namespace from the API key
@@ -263,7 +264,9 @@ def test_export_then_import_into_an_empty_sidecar_reproduces_the_hits(
     src.wait_stores()
     dump = tmp_path / "dump.jsonl"
     assert main(["export", "--url", src.url, "--admin-token", TOKEN, "-o", str(dump),
-                 "--no-progress"]) == 0
+                 "--progress"]) == 0
+    err = capsys.readouterr().err
+    assert "4/4" in err and f"exported 4 entries to {dump}" in err  # the tqdm bar, then a summary
     lines = dump.read_text().splitlines()
     assert json.loads(lines[0])["count"] == 4 and len(lines) == 5
     assert "sk-keyed" not in dump.read_text() and "sk-x" not in dump.read_text()
