@@ -277,6 +277,62 @@ class SemanticCache:
         with self._write_lock:
             return bool(self._drop([entry_id]))
 
+    def delete_many(self, entry_ids: list[int]) -> list[int]:
+        """Remove entries from store and index in one transaction; returns those that existed."""
+        if not entry_ids:
+            return []
+        with self._write_lock:
+            return self._drop(list(entry_ids))
+
+    def embed_many(self, texts: list[str]) -> list[np.ndarray]:
+        """Unit vectors of ``texts`` in one batch (blocks for the forward pass)."""
+        if not texts:
+            return []
+        return [np.ascontiguousarray(v, dtype=np.float32) for v in self.embedder.embed(texts)]
+
+    def restore_many(self, records: list[EntryRecord],
+                     vectors: list[np.ndarray] | None = None) -> list[int]:
+        """Store complete records as they are (imports): keys, namespace, times and body
+        kept, vectors made by *this* cache's embedder.  ``vectors`` are those of the
+        records that have text, in order (:meth:`embed_many`; embedded here when None).
+        Returns the new ids, in order.  An entry with the same exact digest is replaced;
+        the caps evict as for :meth:`store`.  Blocks for one LMDB commit."""
+        if not records:
+            return []
+        if vectors is None:
+            vectors = self.embed_many([r.text for r in records if r.text])
+        pending = iter(vectors)
+        items = [(r, next(pending) if r.text else None) for r in records]
+        incoming = sum(len(r.pack()) for r in records)
+        ids: list[int] = []
+        with self._write_lock:
+            with self._lock:
+                victims = self.tracker.victims(
+                    max(0, self.settings.max_entries - len(records)), self.settings.max_bytes,
+                    incoming)
+            if victims:
+                self._drop(victims)
+                self.evictions += len(victims)
+            for (record, vec), (entry_id, meta, replaced) in zip(
+                    items, self.store_db.put_many(items), strict=True):
+                for old in replaced:
+                    self.index.remove(old)
+                if vec is not None:
+                    self.index.add(record.scope, entry_id, vec, record.expires)
+                with self._lock:
+                    for old in replaced:
+                        self.tracker.remove(old)
+                    self.tracker.add(entry_id, meta.size, record.expires)
+                ids.append(entry_id)
+        return ids
+
+    def pending_hits(self, entry_id: int) -> tuple[int, float | None]:
+        """``(hits, last hit time)`` of ``entry_id`` counted since the last
+        :meth:`flush_hits` (not yet in LMDB)."""
+        with self._lock:
+            last, count = self._pending_hits.get(entry_id, (0.0, 0))
+            return count, (last if count else None)
+
     def sweep(self) -> int:
         """Remove expired entries from store and index; returns how many."""
         removed = 0

@@ -4,6 +4,8 @@
 ``semcache quickstart``  the sidecar in front of the bundled fake upstream (try it with curl)
 ``semcache fake-upstream`` only the fake OpenAI-compatible router (tests, demos, benchmarks)
 ``semcache demo``        the cache as a library: store a few answers, ask paraphrases
+``semcache stats | invalidate | export | import``  operate a running sidecar (see
+                          semcache/cli_operator.py)
 
 Every setting is a flag here and a ``SEMCACHE_*`` environment variable.
 """
@@ -36,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
     demo = sub.add_parser("demo", help="store a few answers and look up paraphrases and near-misses")
     add_arguments(demo, ["threshold", "embedding_model", "embedding_device", "log_level"])
+    # --- operator commands (issue 7): talk to a running sidecar's operator API
+    from .cli_operator import add_operator_commands
+
+    add_operator_commands(sub)
     return parser
 
 
@@ -63,7 +69,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import run_demo
 
             return run_demo(settings)
+        # --- operator commands (issue 7)
+        from .cli_operator import COMMANDS, run_operator_command
+
+        if args.command in COMMANDS:
+            return run_operator_command(args, settings)
     except SemcacheError as exc:
         print(f"semcache: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an unreachable sidecar, an unreadable file
+        print(f"semcache: error: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -24,6 +24,10 @@ __all__ = [
     "UpstreamError",
     "UpstreamTimeoutError",
     "AuthError",
+    "NotFoundError",
+    "BudgetExceededError",
+    "NotReadyError",
+    "error_from_response",
 ]
 
 
@@ -39,6 +43,10 @@ class SemcacheError(Exception):
     status: int = 500
     error_type: str = "semcache_error"
     code: str | None = None
+
+    def response_headers(self) -> dict[str, str]:
+        """Extra HTTP headers the error response carries (``Retry-After``...)."""
+        return {}
 
 
 class ConfigError(SemcacheError, ValueError):
@@ -128,3 +136,77 @@ class AuthError(SemcacheError, PermissionError):
     status = 401
     error_type = "authentication_error"
     code = "invalid_admin_token"
+
+    def response_headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="semcache"'}
+
+
+class NotFoundError(SemcacheError, LookupError):
+    """The operator API was asked about an entry (or other object) that does not exist."""
+
+    status = 404
+    error_type = "not_found_error"
+    code = "not_found"
+
+
+class BudgetExceededError(SemcacheError):
+    """A namespace used up its daily budget; requests that need the upstream are refused
+    (429) until the UTC day ends.  ``retry_after`` is seconds until then."""
+
+    status = 429
+    error_type = "insufficient_quota"
+    code = "budget_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+    def response_headers(self) -> dict[str, str]:
+        headers = {"X-Should-Retry": "false"}  # the openai SDK would otherwise retry a 429
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(1, int(self.retry_after + 0.999)))
+        return headers
+
+
+class NotReadyError(SemcacheError):
+    """The cache is still loading (or failed to load); the operator call needs it."""
+
+    status = 503
+    error_type = "server_error"
+    code = "not_ready"
+
+
+_BY_STATUS: dict[int, type[SemcacheError]] = {
+    400: InvalidRequestError, 401: AuthError, 403: AuthError, 404: NotFoundError,
+    413: PayloadTooLargeError, 429: BudgetExceededError, 502: UpstreamError,
+    503: NotReadyError, 504: UpstreamTimeoutError,
+}
+
+
+def error_from_response(status: int, payload: Any) -> SemcacheError:
+    """The error a semcache server answered with (the reverse of the error middleware).
+
+    ``payload`` is the decoded JSON body (``{"error": {"message", "type", "code",
+    "param"}}``) or anything else for a body that was not ours.  The instance is of the
+    class matching ``status`` (401 :class:`AuthError`, 404 :class:`NotFoundError`, 400
+    :class:`InvalidRequestError`...), carries the server's message verbatim, and has
+    ``status``, ``error_type``, ``code`` and ``param`` set from the response.
+    """
+    err = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(err, dict):
+        message = str(err.get("message") or f"HTTP {status}")
+        etype, code, param = err.get("type"), err.get("code"), err.get("param")
+    else:
+        message, etype, code, param = f"HTTP {status}: {_show(payload, 200)}", None, None, None
+    cls = _BY_STATUS.get(status, SemcacheError)
+    exc = cls.__new__(cls)  # the server's message as is, without re-formatting it
+    Exception.__init__(exc, message)
+    exc.status = status
+    exc.error_type = str(etype or cls.error_type)
+    exc.code = str(code) if code is not None else cls.code
+    if isinstance(exc, InvalidRequestError):
+        exc.field = str(param) if param is not None else "request"
+        exc.value = None
+    if isinstance(exc, BudgetExceededError):
+        exc.retry_after = None
+    return exc

@@ -31,6 +31,7 @@ __all__ = [
     "ENDPOINTS",
     "canonical_json",
     "derive_namespace",
+    "internal_namespace",
     "NAMESPACE_HEADER",
 ]
 
@@ -97,6 +98,19 @@ def derive_namespace(
         mac = hmac.new(salt, authorization.strip().encode("utf-8"), hashlib.sha256)
         return "key:" + mac.hexdigest()[:32]
     return "anonymous"
+
+
+def internal_namespace(name: str) -> str:
+    """The internal form of a namespace an operator names.
+
+    ``ns:team-a``, ``key:<hmac>`` and ``anonymous`` are internal already; any other name
+    is what a client sends in ``X-Semcache-Namespace`` (``team-a`` -> ``ns:team-a``).
+    Raises :class:`InvalidRequestError` for a name that no request could carry.
+    """
+    name = name.strip()
+    if name == "anonymous" or name.startswith(("ns:", "key:")):
+        return name
+    return derive_namespace(name, None, b"")
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .budgets import Budget, parse_budgets
 from .errors import ConfigError
 
 __all__ = ["Settings", "Spec", "specs", "setting", "extension_policy", "add_arguments", "ENV_PREFIX"]
@@ -61,6 +62,10 @@ def _opt_float(text: str) -> float | None:
 
 def _opt_str(text: str) -> str | None:
     return text or None
+
+
+def _opt_path(text: str) -> Path | None:
+    return Path(text) if text.strip() else None
 
 
 def _size(text: str) -> int:
@@ -135,6 +140,13 @@ class Settings:
         "without X-Semcache-Namespace, partition entries by API key (off: one shared namespace)",
         _bool)
     log_level: str = setting("info", "logging level", str)
+    # --- operator surface
+    prices: Path | None = setting(
+        None, "JSON or TOML file of model prices (USD per million prompt/completion tokens) "
+        "over the built-in table", _opt_path)
+    budgets: tuple[Budget, ...] = setting(
+        (), "daily upstream budgets per namespace, e.g. 'team-a=200000,team-b=$5,*=1m' "
+        "(tokens, or $ for US dollars; UTC days)", parse_budgets)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -174,7 +186,11 @@ class Settings:
             value = getattr(self, spec.name)
             if spec.secret:
                 value = "***" if value else None
-            out[spec.name] = str(value) if isinstance(value, Path) else value
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = [str(v) for v in value]
+            out[spec.name] = value
         return out
 
 

@@ -8,6 +8,8 @@ One LMDB environment with named sub-databases:
 * ``vectors``: id -> float32 bytes
 * ``exact``: exact digest -> id
 * ``meta``: format version, embedding model name and dimension, namespace salt, next id
+* ``ledger``: counter rows, key -> msgpack ``{field: number}``, only ever added to (the
+  spend ledger's totals and day windows; see :mod:`semcache.ledger`)
 
 Ids are 8-byte big-endian, so iteration follows insertion order.  Every entry is written
 and deleted in one transaction across all sub-databases, so a crash at any point leaves
@@ -25,7 +27,7 @@ import errno
 import os
 import secrets
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +129,7 @@ class Store:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._env = lmdb.open(
-                str(self.path), map_size=map_size, max_dbs=8, subdir=True, sync=sync,
+                str(self.path), map_size=map_size, max_dbs=16, subdir=True, sync=sync,
                 metasync=sync, readahead=False, max_readers=256,
             )
         except (OSError, lmdb.Error) as exc:
@@ -137,6 +139,7 @@ class Store:
         self._vectors = self._env.open_db(b"vectors")
         self._exact = self._env.open_db(b"exact")
         self._meta = self._env.open_db(b"meta")
+        self._ledger = self._env.open_db(b"ledger")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="semcache-lmdb-writer")
         self._writer_ident: int | None = None
         self._closed = False
@@ -220,33 +223,48 @@ class Store:
         An entry with the same exact digest is replaced (its id is returned in the list),
         so an exact key never points at two answers.
         """
+        item = self._prepare(record, vector)
+        return self._write(lambda txn: self._put_in(txn, *item, last_hit, hits))
+
+    def put_many(
+        self, items: Iterable[tuple[EntryRecord, np.ndarray | None]],
+    ) -> list[tuple[int, EntryMeta, list[int]]]:
+        """Store several new entries in one transaction (imports); results as :meth:`put`."""
+        prepared = [self._prepare(record, vector) for record, vector in items]
+        if not prepared:
+            return []
+        return self._write(lambda txn: [self._put_in(txn, *item, None, 0) for item in prepared])
+
+    def _prepare(self, record: EntryRecord, vector: np.ndarray | None
+                 ) -> tuple[EntryRecord, bytes, bytes | None]:
+        vec_bytes = None
         if vector is not None:
             if vector.dtype != np.float32 or vector.shape != (self.dim,):
                 raise StoreError(
                     f"vector: must be float32 of shape ({self.dim},) "
                     f"(got {vector.dtype} {vector.shape})")
             vec_bytes = vector.tobytes()
-        payload = record.pack()
+        return record, record.pack(), vec_bytes
 
-        def txn_fn(txn: lmdb.Transaction) -> tuple[int, EntryMeta, list[int]]:
-            replaced: list[int] = []
-            old = _get(txn, record.exact, self._exact)
-            if old is not None:
-                replaced.append(_id(old))
-                self._delete_in(txn, _id(old))
-            entry_id = _id(_get(txn, b"next_id", self._meta) or _key(1))
-            txn.put(b"next_id", _key(entry_id + 1), db=self._meta)
-            key = _key(entry_id)
-            meta = EntryMeta(record.scope, record.expires, len(payload), record.created,
-                             last_hit if last_hit is not None else record.created, hits)
-            txn.put(key, payload, db=self._entries)
-            txn.put(key, meta.pack(), db=self._meta_by_id)
-            if vector is not None:
-                txn.put(key, vec_bytes, db=self._vectors)
-            txn.put(record.exact, key, db=self._exact)
-            return entry_id, meta, replaced
-
-        return self._write(txn_fn)
+    def _put_in(self, txn: lmdb.Transaction, record: EntryRecord, payload: bytes,
+                vec_bytes: bytes | None, last_hit: float | None, hits: int,
+                ) -> tuple[int, EntryMeta, list[int]]:
+        replaced: list[int] = []
+        old = _get(txn, record.exact, self._exact)
+        if old is not None:
+            replaced.append(_id(old))
+            self._delete_in(txn, _id(old))
+        entry_id = _id(_get(txn, b"next_id", self._meta) or _key(1))
+        txn.put(b"next_id", _key(entry_id + 1), db=self._meta)
+        key = _key(entry_id)
+        meta = EntryMeta(record.scope, record.expires, len(payload), record.created,
+                         last_hit if last_hit is not None else record.created, hits)
+        txn.put(key, payload, db=self._entries)
+        txn.put(key, meta.pack(), db=self._meta_by_id)
+        if vec_bytes is not None:
+            txn.put(key, vec_bytes, db=self._vectors)
+        txn.put(record.exact, key, db=self._exact)
+        return entry_id, meta, replaced
 
     def _delete_in(self, txn: lmdb.Transaction, entry_id: int) -> bool:
         key = _key(entry_id)
@@ -286,12 +304,74 @@ class Store:
 
         self._write(txn_fn)
 
+    def add_to_ledger(self, deltas: dict[bytes, dict[str, float]]) -> None:
+        """Add ``{key: {field: amount}}`` to the ledger rows in one transaction.
+
+        Rows are only ever added to, so several processes sharing the store never lose
+        each other's counts.  Missing rows and fields start at zero.
+        """
+        if not deltas:
+            return
+
+        def txn_fn(txn: lmdb.Transaction) -> None:
+            for key, fields in deltas.items():
+                raw = _get(txn, key, self._ledger)
+                row: dict[str, float] = msgpack.unpackb(raw, raw=False) if raw is not None else {}
+                for name, amount in fields.items():
+                    row[name] = row.get(name, 0) + amount
+                txn.put(key, msgpack.packb(row, use_bin_type=True), db=self._ledger)
+
+        self._write(txn_fn)
+
+    def ledger_rows(self, prefix: bytes = b"") -> dict[bytes, dict[str, float]]:
+        """Every ledger row whose key starts with ``prefix``."""
+        out: dict[bytes, dict[str, float]] = {}
+        with self._env.begin(db=self._ledger) as txn:
+            cur = txn.cursor()
+            if not cur.set_range(prefix):
+                return out
+            for key, raw in cur:
+                key = bytes(key)
+                if not key.startswith(prefix):
+                    break
+                out[key] = msgpack.unpackb(bytes(raw), raw=False)
+        return out
+
+    def adopt_salt(self, salt: bytes) -> bool:
+        """Take ``salt`` as the namespace salt if the store holds no entry yet (an import
+        into a new sidecar keeps key-derived namespaces).  Returns whether it did."""
+        if len(salt) < 8:
+            raise StoreError(f"salt: must be at least 8 bytes (got {len(salt)})")
+
+        def txn_fn(txn: lmdb.Transaction) -> bool:
+            if txn.stat(self._entries)["entries"]:
+                return False
+            txn.put(b"salt", salt, db=self._meta)
+            return True
+
+        adopted = self._write(txn_fn)
+        if adopted:
+            self.salt = salt
+        return adopted
+
     # ------------------------------------------------------------------- reading
     def get(self, entry_id: int) -> EntryRecord | None:
         """The record of ``entry_id``, or None when it is not stored."""
         with self._env.begin(db=self._entries) as txn:
             data = _get(txn, _key(entry_id))
         return None if data is None else EntryRecord.unpack(data)
+
+    def get_meta(self, entry_id: int) -> EntryMeta | None:
+        """The small per-entry facts of ``entry_id`` (hits as of the last flush)."""
+        with self._env.begin(db=self._meta_by_id) as txn:
+            data = _get(txn, _key(entry_id))
+        return None if data is None else EntryMeta.unpack(data)
+
+    def get_vector(self, entry_id: int) -> np.ndarray | None:
+        """A copy of the stored vector of ``entry_id`` (None for exact-only entries)."""
+        with self._env.begin(db=self._vectors) as txn:
+            data = _get(txn, _key(entry_id))
+        return None if data is None else np.frombuffer(data, dtype=np.float32).copy()
 
     def id_for_exact(self, exact: bytes) -> int | None:
         """The id stored under exact digest ``exact``, if any."""
@@ -312,7 +392,7 @@ class Store:
                        if vec_raw is not None else None)
                 yield _id(key), EntryMeta.unpack(bytes(raw)), vec
 
-    def iter_records(self, start: int = 0) -> Iterator[tuple[int, EntryRecord]]:
+    def iter_records(self, start: int = 0) -> Generator[tuple[int, EntryRecord], None, None]:
         """Every full record with id ``>= start``, by id."""
         with self._env.begin(db=self._entries) as txn:
             cur = txn.cursor()
@@ -320,6 +400,19 @@ class Store:
                 return
             for key, raw in cur:
                 yield _id(key), EntryRecord.unpack(bytes(raw))
+
+    def iter_records_with_vectors(
+        self,
+    ) -> Generator[tuple[int, EntryRecord, np.ndarray | None], None, None]:
+        """Every full record with its vector (a copy; None for exact-only entries), by id,
+        from one consistent snapshot."""
+        with self._env.begin() as txn:
+            vec_cursor = txn.cursor(db=self._vectors)
+            for key, raw in txn.cursor(db=self._entries):
+                vec_raw = vec_cursor.get(key)
+                vec = (np.frombuffer(vec_raw, dtype=np.float32).copy()
+                       if vec_raw is not None else None)
+                yield _id(key), EntryRecord.unpack(bytes(raw)), vec
 
     def count(self) -> int:
         with self._env.begin() as txn:

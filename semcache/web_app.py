@@ -3,9 +3,12 @@
 Lifecycle (``cleanup_ctx``): the upstream client starts first and the server listens at
 once; the embedding model loads and the index is rebuilt in the background, and until
 then requests are forwarded uncached (``X-Semcache-Status: bypass``) and ``/readyz``
-answers 503.  A maintenance task persists hit counts and sweeps expired entries.  On
-shutdown (SIGTERM/SIGINT) in-flight requests drain, background stores finish, LMDB is
-closed cleanly, and the process exits 0.
+answers 503.  A maintenance task persists hit counts and the spend ledger and sweeps
+expired entries.  On shutdown (SIGTERM/SIGINT) in-flight requests drain, background
+stores finish, the ledger is flushed, LMDB is closed cleanly, and the process exits 0.
+
+The operator API and ``/metrics`` are in :mod:`semcache.web_admin`; an app refuses to be
+built for a non-loopback ``host`` without an admin token (:func:`check_exposure`).
 """
 
 from __future__ import annotations
@@ -20,8 +23,12 @@ from aiohttp import web
 
 from .cache import SemanticCache
 from .embedding import Embedder
+from .ledger import Ledger
+from .pricing import load_prices
 from .settings import Settings
 from .upstream import Upstream
+from .web_admin import add_routes as add_operator_routes
+from .web_admin import check_exposure
 from .web_middlewares import error_middleware, error_response
 from .web_proxy import cached_endpoint, passthrough
 from .web_runtime import RUNTIME, Runtime
@@ -30,7 +37,7 @@ __all__ = ["make_app", "serve", "MAINTENANCE_INTERVAL"]
 
 log = logging.getLogger("semcache.web")
 
-MAINTENANCE_INTERVAL = 10.0  # seconds between hit-count flushes and expiry sweeps
+MAINTENANCE_INTERVAL = 10.0  # seconds between hit-count/ledger flushes and expiry sweeps
 DRAIN_TIMEOUT = 30.0
 
 
@@ -41,18 +48,22 @@ def make_app(
 
     ``embedder`` replaces the configured embedding backend (tests share one loaded model);
     ``cache`` hands in an already open cache, which the app then owns and closes.
+    Raises :class:`ConfigError` for a non-loopback ``host`` without an admin token and
+    for an unreadable price file.
     """
+    check_exposure(settings)
     app = web.Application(middlewares=[error_middleware],
                           client_max_size=settings.max_body_bytes)
     app[RUNTIME] = Runtime(settings=settings, upstream=Upstream(
         settings.upstream, connect_timeout=settings.upstream_connect_timeout,
-        timeout=settings.upstream_timeout))
+        timeout=settings.upstream_timeout), ledger=Ledger(load_prices(settings.prices)))
     app.cleanup_ctx.append(_lifecycle(embedder, cache))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
         app.router.add_post(path, cached_endpoint)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough)
+    add_operator_routes(app)
     return app
 
 
@@ -62,6 +73,7 @@ def _lifecycle(embedder: Embedder | None, cache: SemanticCache | None):  # type:
         await rt.upstream.start()
         loop = asyncio.get_running_loop()
         if cache is not None:
+            rt.ledger.attach(cache.store_db)
             rt.cache = cache
             loader: asyncio.Future[Any] | None = None
         else:
@@ -78,6 +90,10 @@ def _lifecycle(embedder: Embedder | None, cache: SemanticCache | None):  # type:
                     await loader
             await rt.drain(DRAIN_TIMEOUT)
             if rt.cache is not None:
+                try:
+                    await loop.run_in_executor(rt.store_pool, rt.ledger.flush)
+                except Exception as exc:
+                    log.error("the spend ledger could not be saved: %s: %s", type(exc).__name__, exc)
                 await loop.run_in_executor(rt.store_pool, rt.cache.close)
             rt.lookup_pool.shutdown(wait=True)
             rt.store_pool.shutdown(wait=True)
@@ -87,9 +103,18 @@ def _lifecycle(embedder: Embedder | None, cache: SemanticCache | None):  # type:
 
 
 def _open_cache(rt: Runtime, embedder: Embedder | None) -> None:
-    """Load the model and rebuild the index (on the lookup thread)."""
+    """Load the model, rebuild the index and warm the model up (on the lookup thread).
+
+    The first forward passes of a fresh process are several times slower than later ones
+    (kernel selection per input shape); running them here keeps them out of the first
+    requests' lookup budget.  Ready is only declared after that.
+    """
     try:
-        rt.cache = SemanticCache(rt.settings, embedder)
+        cache = SemanticCache(rt.settings, embedder)
+        for words in (1, 4, 8, 16, 32, 64):
+            cache.embedder.embed([" ".join(["warm"] * words)])
+        rt.ledger.attach(cache.store_db)
+        rt.cache = cache
         log.info("cache ready: %d entries from %s", len(rt.cache), rt.settings.data_dir)
     except Exception as exc:
         rt.load_error = f"{type(exc).__name__}: {exc}"
@@ -105,6 +130,7 @@ async def _maintain(rt: Runtime) -> None:
             continue
         try:
             await loop.run_in_executor(rt.store_pool, cache.flush_hits)
+            await loop.run_in_executor(rt.store_pool, rt.ledger.flush)
             await loop.run_in_executor(rt.store_pool, cache.sweep)
         except Exception as exc:
             log.warning("maintenance failed: %s: %s", type(exc).__name__, exc)

@@ -23,10 +23,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(status: int, message: str, etype: str, code: str | None = None,
-                   param: str | None = None) -> web.Response:
+                   param: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response(
         {"error": {"message": message, "type": etype, "param": param, "code": code}},
-        status=status)
+        status=status, headers=headers)
 
 
 @web.middleware
@@ -37,7 +37,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         param = exc.field if isinstance(exc, InvalidRequestError) else None
         if exc.status >= 500:
             log.warning("%s %s failed: %s", request.method, request.path, exc)
-        return error_response(exc.status, str(exc), exc.error_type, exc.code, param)
+        return error_response(exc.status, str(exc), exc.error_type, exc.code, param,
+                              exc.response_headers() or None)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

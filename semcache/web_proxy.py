@@ -25,6 +25,7 @@ import aiohttp
 from aiohttp import web
 
 from . import admission
+from . import web_accounting as accounting
 from .cache import Hit
 from .coalesce import Flight
 from .errors import InvalidRequestError, PayloadTooLargeError, UpstreamError, UpstreamTimeoutError
@@ -193,20 +194,25 @@ async def cached_endpoint(request: web.Request) -> web.StreamResponse:
         rt.counters.bypasses += 1
         return await forward(request, rt, raw, creq, body, controls, None, "bypass", t0)
     if not controls.no_cache:
+        started = time.perf_counter()
         hit = await lookup(rt, creq, controls.threshold)  # embeddings: exact only
+        accounting.on_lookup(rt, creq.endpoint, time.perf_counter() - started)
         if hit is not None:
             if hit.match == "exact":
                 rt.counters.hits_exact += 1
             else:
                 rt.counters.hits_semantic += 1
+            answer = hit.json()
+            accounting.on_hit(rt, creq, body, answer, hit.match, hit.similarity, hit.entry_id)
             headers = hit_headers(hit)
             headers["Server-Timing"] = _timing(t0)
-            return await respond_with_answer(request, creq, body, hit.json(), headers)
+            return await respond_with_answer(request, creq, body, answer, headers)
         pending = rt.coalescer.pending(creq.exact)
         if pending is not None:
             shared = await asyncio.shield(pending)
             if shared is not None:
                 rt.counters.hits_coalesced += 1
+                accounting.on_hit(rt, creq, body, shared, "coalesced", 1.0, None)
                 return await respond_with_answer(
                     request, creq, body, shared,
                     {STATUS: "hit", "X-Semcache-Match": "exact", "X-Semcache-Similarity": "1.0000",
@@ -241,6 +247,8 @@ async def forward(
     ``Server-Timing`` tells the time before the upstream call (semcache's overhead) and
     until the upstream's response headers arrived.
     """
+    charge = accounting.Charge(rt, request, creq, body)
+    charge.begin(status)  # a namespace over its budget gets 429 here
     wants_stream = bool(isinstance(body, dict) and body.get("stream"))
     upstream_start = time.perf_counter()
     upstream_resp = await rt.upstream.send(
@@ -255,7 +263,8 @@ async def forward(
         headers[STATUS] = status
         headers["Server-Timing"] = timing
         if wants_stream and upstream_resp.status == 200 and "text/event-stream" in ctype:
-            return await _relay_stream(request, rt, upstream_resp, creq, controls, flight, headers)
+            return await _relay_stream(request, rt, upstream_resp, creq, controls, flight, headers,
+                                       charge)
         try:
             data = await upstream_resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -265,13 +274,14 @@ async def forward(
                                 f"{type(exc).__name__}") from exc
         resp = web.Response(body=data, status=upstream_resp.status,
                             reason=upstream_resp.reason, headers=headers)
+        answer = None
+        if upstream_resp.status == 200 and not upstream_resp.headers.get("Content-Encoding"):
+            try:
+                answer = json.loads(data)
+            except ValueError:
+                answer = None
+        charge.settle(upstream_resp.status, answer)
         if creq is not None and not controls.no_store:
-            answer = None
-            if upstream_resp.status == 200 and not upstream_resp.headers.get("Content-Encoding"):
-                try:
-                    answer = json.loads(data)
-                except ValueError:
-                    answer = None
             _admit(rt, creq, upstream_resp.status, answer, controls, flight)
         return resp
     finally:
@@ -281,7 +291,7 @@ async def forward(
 async def _relay_stream(
     request: web.Request, rt: Runtime, upstream_resp: aiohttp.ClientResponse,
     creq: CacheRequest | None, controls: Controls, flight: Flight | None,
-    headers: Any,
+    headers: Any, charge: accounting.Charge,
 ) -> web.StreamResponse:
     """Relay SSE bytes as they arrive while assembling; store only a complete stream."""
     out = web.StreamResponse(status=200, headers=headers)
@@ -296,9 +306,11 @@ async def _relay_stream(
         # stream break as it would without the cache
         log.warning("upstream stream for %s broke: %s", request.path, type(exc).__name__)
         rt.counters.upstream_errors += 1
+        charge.settle(200, assembler.body())  # what arrived was billed all the same
         if request.transport is not None:
             request.transport.close()
         return out
+    charge.settle(200, assembler.body())
     await out.write_eof()
     if creq is not None and not controls.no_store:
         answer = assembler.body() if assembler.complete else None

@@ -2,8 +2,9 @@
 
 :class:`Runtime` holds the settings, the cache (``None`` until the model is loaded and
 the index built: requests meanwhile go upstream uncached), the upstream client, the
-coalescer, the executors that keep blocking work off the event loop, and the background
-store tasks that shutdown waits for.
+coalescer, the executors that keep blocking work off the event loop, the background
+store tasks that shutdown waits for, and the operator surface: Prometheus metrics, the
+spend ledger and the feedback log.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from aiohttp import web
 
 from .cache import SemanticCache
 from .coalesce import Coalescer
+from .feedback import FeedbackLog
+from .ledger import Ledger
+from .metrics import Metrics
 from .settings import Settings
 from .upstream import Upstream
 
@@ -61,6 +65,9 @@ class Runtime:
     store_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="semcache-store"))
     background: set[asyncio.Future[Any]] = field(default_factory=set)
+    metrics: Metrics = field(default_factory=Metrics)
+    ledger: Ledger = field(default_factory=Ledger)
+    feedback: FeedbackLog = field(default_factory=FeedbackLog)
 
     @property
     def ready(self) -> bool:

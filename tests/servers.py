@@ -79,8 +79,12 @@ class ThreadedApp:
         return asyncio.run_coroutine_threadsafe(wrap(), self.loop).result(30)
 
     def stop(self) -> None:
+        """Clean the app up (its shutdown hooks run) and end the thread.  Idempotent."""
+        if not self._thread.is_alive():
+            return
         if self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(60)
+            self._runner = None
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(30)
 
@@ -106,8 +110,12 @@ class SidecarProcess:
     def __init__(self, upstream: str, data_dir: Path, *extra: str, port: int | None = None) -> None:
         self.port = port or free_port()
         self.data_dir = data_dir
+        # a generous lookup budget, as in the start_sidecar fixture: on a loaded machine the
+        # first (cold) embedding of a fresh process can exceed the default 0.3 s and turn a
+        # hit into a fail-open miss
         args = [sys.executable, "-m", "semcache", "serve", "--upstream", upstream, "--host",
-                "127.0.0.1", "--port", str(self.port), "--data-dir", str(data_dir), *extra]
+                "127.0.0.1", "--port", str(self.port), "--data-dir", str(data_dir),
+                "--lookup-timeout", "10", *extra]
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         self.log = data_dir.parent / f"sidecar-{self.port}.log"
         self._log_file = self.log.open("wb")
