@@ -195,13 +195,13 @@ def test_restoring_the_same_exact_key_replaces_the_entry(make_cache: CacheFactor
 
 
 def test_large_scopes_are_searched_through_faiss(make_cache: CacheFactory, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """flat_limit=2 forces the FAISS path; results must match the exact-scan path."""
+    """flat_limit=2 forces the IVF path; results must match the exact-scan path."""
     pairs = [(a, b) for a, b, label in langcache_pairs() if label == 1][:40]
     results: dict[int, list[str | None]] = {}
     for limit in (10_000, 2):
         cache = make_cache(flat_limit=limit, data_dir=tmp_path / f"limit-{limit}")
         texts = {cache.store(req(chat(a)), answer(a)): a for a, _ in pairs}
-        assert (cache.index._blocks[req(chat("x")).scope].ann is None) == (limit > len(pairs))
+        assert cache.index.kind(req(chat("x")).scope) == ("flat" if limit > len(pairs) else "ivf")
         hits = [cache.lookup(req(chat(b))) for _, b in pairs]
         results[limit] = [texts[h.entry_id] if h else None for h in hits]
     assert results[2] == results[10_000]

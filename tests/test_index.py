@@ -27,40 +27,46 @@ def test_search_never_leaves_its_scope(flat_limit: int) -> None:
 
 
 @pytest.mark.parametrize("flat_limit", [1000, 4])
-def test_removed_and_expired_rows_are_skipped_and_blocks_compact(flat_limit: int) -> None:
+def test_removed_and_expired_rows_are_skipped_and_scopes_shrink(flat_limit: int) -> None:
     rng = np.random.default_rng(1)
-    idx = ScopedIndex(8, flat_limit=flat_limit)
+    idx = ScopedIndex(8, flat_limit=flat_limit, background=False)
     vecs = {i: unit(rng) for i in range(1, 41)}
     for i, v in vecs.items():
         idx.add(b"S", i, v, 100.0 if i % 2 else None)
+    assert idx.kind(b"S") == ("flat" if flat_limit > 40 else "ivf")
     assert idx.search(b"S", vecs[3], 0.99, 50.0).entry_id == 3
     assert idx.search(b"S", vecs[3], 0.99, 150.0).entry_id == -1  # expired
     for i in range(1, 31):
         assert idx.remove(i)
     assert not idx.remove(1)
-    assert len(idx) == 10 and idx._blocks[b"S"].n < 40  # compacted
+    assert len(idx) == 10 and idx.scope_size(b"S") == 10
     for i in range(31, 41):
         assert idx.search(b"S", vecs[i], 0.99, 0.0).entry_id == i
-    for i in range(31, 41):
+    for i in range(31, 39):
         idx.remove(i)
-    assert idx.scopes == 0
+    assert idx.kind(b"S") == "flat"  # a large scope that shrank moved back to the exact scan
+    assert idx.search(b"S", vecs[39], 0.99, 0.0).entry_id == 39
+    for i in range(39, 41):
+        idx.remove(i)
+    assert idx.scopes == 0 and idx.kind(b"S") is None
 
 
-def test_ann_scope_keeps_searching_past_dead_top_candidates() -> None:
+def test_ivf_scope_keeps_searching_past_dead_top_candidates() -> None:
     rng = np.random.default_rng(2)
-    idx = ScopedIndex(8, flat_limit=2)
+    idx = ScopedIndex(8, flat_limit=2, background=False)
     q = unit(rng)
-    for i in range(1, 30):  # near-copies of q, all to be removed
+    for i in range(1, 200):  # near-copies of q, most to be removed
         idx.add(b"S", i, q, None)
     target = (q + 0.05 * unit(rng)).astype(np.float32)
     target /= np.linalg.norm(target)
-    idx.add(b"S", 100, target, None)
-    for i in range(1, 30):
-        idx._where.pop(i)  # kill rows without compaction, as a burst of removals would
-        idx._blocks[b"S"].live[i - 1] = 0
-        idx._blocks[b"S"].dead += 1
-    hit = idx.search(b"S", q, 0.9, 0.0)
-    assert hit.entry_id == 100
+    idx.add(b"S", 1000, target, None)
+    for i in range(1, 150):  # fewer than a batch: dead rows stay inside the IVF for now
+        idx.remove(i)
+    for i in range(150, 200):
+        idx.add(b"S", i, q, 1.0)  # re-added, already expired at now=5
+    assert idx.kind(b"S") == "ivf"
+    hit = idx.search(b"S", q, 0.9, 5.0)
+    assert hit.entry_id == 1000
 
 
 def test_vectors_are_checked() -> None:
