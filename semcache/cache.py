@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -25,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from . import snapshot
 from .embedding import Embedder, load_embedder
-from .errors import InvalidRequestError
+from .errors import InvalidRequestError, StoreError
 from .eviction import EvictionTracker
 from .index import ScopedIndex
 from .keys import CacheRequest, derive_namespace
@@ -36,6 +38,8 @@ from .store import EntryRecord, Store
 __all__ = ["SemanticCache", "Hit"]
 
 _VECTOR_MEMO = 4096
+_EVICT_BATCH = 1024  # at most this many extra victims per eviction (1/64 of the cap)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,38 +90,112 @@ class SemanticCache:
             map_size=self.settings.map_size, sync=self.settings.sync)
         self.index = ScopedIndex(self.embedder.dim, flat_limit=self.settings.flat_limit)
         self.tracker = EvictionTracker(self.settings.eviction)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # serialises writers: store, delete, evict, sweep, snapshot
+        self._book = threading.Lock()  # tracker and pending hits; never held across I/O
         self._pending_hits: dict[int, tuple[float, int]] = {}
         self._memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._memo_lock = threading.Lock()
         self.evictions = 0
         self.expirations = 0
+        self.index_source = "empty"  # how the index was built at open: store, snapshot+replay
+        self._snapshot_at = self.clock()
         self._closed = False
         self._rebuild()
 
     # ----------------------------------------------------------------- lifecycle
     def _rebuild(self) -> None:
+        """Build the index and the tracker at open: from the snapshot plus the entries
+        written after it when the snapshot matches the store, else from the store alone.
+        Entries that expired while closed are deleted."""
         now = self.clock()
+        ids, scopes, expires, sizes, hits, last_hit = [], [], [], [], [], []
         expired: list[int] = []
-        for entry_id, meta, vec in self.store_db.iter_index():
+        for entry_id, meta in self.store_db.iter_meta():
             if meta.expires is not None and meta.expires <= now:
                 expired.append(entry_id)
                 continue
-            if vec is not None:
-                self.index.add(meta.scope, entry_id, vec, meta.expires)
-            self.tracker.add(entry_id, meta.size, meta.expires, meta.hits)
+            ids.append(entry_id)
+            scopes.append(meta.scope)
+            expires.append(float("inf") if meta.expires is None else meta.expires)
+            sizes.append(meta.size)
+            hits.append(meta.hits)
+            last_hit.append(meta.last_hit)
         if expired:
             self.store_db.delete(expired)
             self.expirations += len(expired)
+        id_arr = np.asarray(ids, dtype=np.int64)
+        exp_arr = np.asarray(expires, dtype=np.float64)
+        with_vec = np.intersect1d(self.store_db.vector_ids(), id_arr, assume_unique=True)
+        loaded = self._load_snapshot(id_arr, with_vec)
+        if loaded is None:
+            vecs = self.store_db.vectors(with_vec.tolist())
+            pos = np.searchsorted(id_arr, with_vec)
+            if len(with_vec):
+                self.index.add_many([scopes[p] for p in pos.tolist()], with_vec,
+                                    np.stack([vecs[i] for i in with_vec.tolist()]), exp_arr[pos])
+            self.index_source = "store"
+        else:
+            self.index, last = loaded
+            self.index.flat_limit = self.settings.flat_limit
+            fresh = with_vec[with_vec > last]
+            vecs = self.store_db.vectors(fresh.tolist())
+            for entry_id, p in zip(fresh.tolist(), np.searchsorted(id_arr, fresh).tolist(),
+                                   strict=True):
+                expiry = None if expires[p] == float("inf") else expires[p]
+                self.index.add(scopes[p], entry_id, vecs[entry_id], expiry)
+            self.index_source = f"snapshot+{len(fresh)}"
+        # least recently used first, so the tracker's order survives restarts
+        for p in np.lexsort((id_arr, np.asarray(last_hit, dtype=np.float64))).tolist():
+            self.tracker.add(ids[p], sizes[p], None if expires[p] == float("inf") else expires[p],
+                             hits[p])
+
+    def _stamp(self) -> snapshot.Stamp:
+        return snapshot.Stamp(self.embedder.name, self.embedder.dim, self.store_db.salt.hex(),
+                              self.store_db.last_id(), len(self.index))
+
+    def _load_snapshot(self, ids: np.ndarray, with_vec: np.ndarray) -> tuple[ScopedIndex, int] | None:
+        """The snapshot's index reconciled with the store, and its last id; None when there
+        is no usable snapshot (the reason is logged) or it misses entries it should hold."""
+        if self.settings.snapshot_interval is None:
+            return None
+        index, stamp, reason = snapshot.load(self.store_db.snapshot_path, self._stamp())
+        if index is None or stamp is None:
+            if reason != "no snapshot":
+                log.warning("index snapshot ignored, rebuilding from the store: %s", reason)
+            return None
+        held = index.ids()
+        owed = with_vec[with_vec <= stamp.last_id]
+        if len(np.setdiff1d(owed, held, assume_unique=True)):
+            log.warning("index snapshot ignored, rebuilding from the store: it lacks entries "
+                        "stored before it was taken")
+            return None
+        for gone in np.setdiff1d(held, with_vec, assume_unique=True).tolist():
+            index.remove(gone)  # deleted or expired since the snapshot
+        return index, stamp.last_id
+
+    def write_snapshot(self) -> int:
+        """Write the index snapshot now (stores wait; lookups go on); returns its size in
+        bytes, 0 when snapshots are off.  Raises :class:`StoreError` when it cannot be
+        written.  Call from a worker thread."""
+        if self.settings.snapshot_interval is None:
+            return 0
+        with self._lock:
+            size = snapshot.write(self.index, self.store_db.snapshot_path, self._stamp())
+            self._snapshot_at = self.clock()
+            return size
 
     def close(self) -> None:
-        """Persist pending hit counts and close the store.  Idempotent."""
+        """Persist pending hit counts, write the index snapshot, close the store.  Idempotent."""
         if self._closed:
             return
-        self._closed = True
         try:
             self.flush_hits()
+            try:
+                self.write_snapshot()
+            except StoreError as exc:  # derived state: the next start rebuilds instead
+                log.warning("%s", exc)
         finally:
+            self._closed = True
             self.store_db.close()
 
     def __enter__(self) -> SemanticCache:
@@ -196,7 +274,7 @@ class SemanticCache:
             return None
         if rec.expires is not None and rec.expires <= now:
             return None
-        with self._lock:
+        with self._book:
             self.tracker.touch(entry_id)
             last, count = self._pending_hits.get(entry_id, (now, 0))
             self._pending_hits[entry_id] = (max(last, now), count + 1)
@@ -235,25 +313,38 @@ class SemanticCache:
             entry_id, meta, replaced = self.store_db.put(record, vec)
             for old in replaced:
                 self.index.remove(old)
-                self.tracker.remove(old)
             if vec is not None:
                 self.index.add(req.scope, entry_id, vec, record.expires)
-            self.tracker.add(entry_id, meta.size, record.expires)
+            with self._book:
+                for old in replaced:
+                    self.tracker.remove(old)
+                self.tracker.add(entry_id, meta.size, record.expires)
         return entry_id
 
     def _evict_locked(self, incoming: int) -> None:
-        victims = self.tracker.victims(
-            self.settings.max_entries - 1, self.settings.max_bytes, incoming)
+        """Make room for one entry of ``incoming`` bytes.  Once a cap would be exceeded,
+        victims are taken in a batch down to 1/64 below the caps (at most
+        ``_EVICT_BATCH`` extra entries), so the next stores evict nothing."""
+        cap_n, cap_b = self.settings.max_entries, self.settings.max_bytes
+        with self._book:
+            if len(self.tracker) < cap_n and self.tracker.total_bytes + incoming <= cap_b:
+                return
+            victims = self.tracker.victims(
+                cap_n - 1 - min(_EVICT_BATCH, cap_n // 64), cap_b - cap_b // 64, incoming)
         if victims:
             self._drop_locked(victims)
             self.evictions += len(victims)
 
     def _drop_locked(self, ids: list[int]) -> list[int]:
-        gone = self.store_db.delete(ids)
-        for entry_id in ids:  # also ids already gone from LMDB (e.g. another process)
+        """Remove ``ids`` from the index (first: it never points at a missing entry), the
+        store (one transaction), then the tracker.  Called with ``_lock`` held."""
+        for entry_id in ids:
             self.index.remove(entry_id)
-            self.tracker.remove(entry_id)
-            self._pending_hits.pop(entry_id, None)
+        gone = self.store_db.delete(ids)
+        with self._book:
+            for entry_id in ids:  # also ids already gone from LMDB (e.g. another process)
+                self.tracker.remove(entry_id)
+                self._pending_hits.pop(entry_id, None)
         return gone
 
     # ------------------------------------------------------------- maintenance
@@ -263,21 +354,31 @@ class SemanticCache:
             return bool(self._drop_locked([entry_id]))
 
     def sweep(self) -> int:
-        """Remove expired entries from store and index; returns how many."""
+        """Remove expired entries from store and index in batches of up to 1024 (locks are
+        released between batches), then write the index snapshot when
+        ``snapshot_interval`` seconds have passed since the last.  Returns how many
+        entries expired.  Blocks on LMDB: call from a worker thread."""
         removed = 0
-        with self._lock:
-            while True:
-                ids = self.tracker.expired(self.clock())
+        while True:
+            with self._lock:
+                with self._book:
+                    ids = self.tracker.expired(self.clock())
                 if not ids:
                     break
                 self._drop_locked(ids)
                 removed += len(ids)
         self.expirations += removed
+        interval = self.settings.snapshot_interval
+        if interval is not None and self.clock() - self._snapshot_at >= interval:
+            try:
+                self.write_snapshot()
+            except StoreError as exc:
+                log.warning("%s", exc)
         return removed
 
     def flush_hits(self) -> None:
         """Persist hit counts and last-hit times gathered since the last flush."""
-        with self._lock:
+        with self._book:
             pending, self._pending_hits = self._pending_hits, {}
         self.store_db.record_hits(pending)
 

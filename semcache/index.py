@@ -197,10 +197,7 @@ def _new_ivf(dim: int, sample: np.ndarray, nlist: int) -> Any:
     ivf.cp.max_points_per_centroid = _TRAIN_PER_LIST
     ivf.train(np.ascontiguousarray(sample, dtype=np.float32))
     ivf.nprobe = min(NPROBE, nlist)
-    ivf.quantizer_trains_alone = 0
-    ivf.own_fields = True
-    quantizer.this.disown()
-    return ivf
+    return ivf  # the faiss wrapper keeps ``quantizer`` alive with it
 
 
 def _build_ivf(dim: int, rows: np.ndarray, vecs: np.ndarray, seed: int = 0) -> Any:
@@ -208,7 +205,7 @@ def _build_ivf(dim: int, rows: np.ndarray, vecs: np.ndarray, seed: int = 0) -> A
     n = len(rows)
     nlist = min(nlist_for(n), max(1, n))
     rng = np.random.default_rng(seed)
-    pick = rng.choice(n, size=min(n, nlist * _TRAIN_PER_LIST), replace=False) if n else []
+    pick = rng.choice(n, size=min(n, nlist * _TRAIN_PER_LIST), replace=False)
     ivf = _new_ivf(dim, vecs[np.sort(pick)].astype(np.float32), nlist)
     for start in range(0, n, _ADD_CHUNK):
         chunk = np.ascontiguousarray(vecs[start:start + _ADD_CHUNK], dtype=np.float32)
@@ -312,29 +309,32 @@ class ScopedIndex:
         vec = self._check(vec, "vector")
         exp = _FOREVER if expires is None else float(expires)
         with self._mut, self._lock:
-            if entry_id in self._where:
-                self._remove_locked(entry_id)
-            sno = self._scope_no(scope)
-            big = self._big.get(sno)
-            if big is not None:
-                self._big_add(sno, big, entry_id, vec, exp)
-                return
-            a = self._arena
-            row = a.alloc()
-            a.vecs[row] = vec
-            a.ids[row] = entry_id
-            a.expires[row] = exp
-            a.live[row] = 1
-            a.sno[row] = sno
-            head = int(self._shead[sno])
-            a.nxt[row], a.prv[row] = head, -1
-            if head >= 0:
-                a.prv[head] = row
-            self._shead[sno] = row
-            self._scount[sno] += 1
-            self._where[entry_id] = row
-            if self._scount[sno] > self.flat_limit:
-                self._promote(sno)
+            self._add_locked(scope, entry_id, vec, exp)
+
+    def _add_locked(self, scope: bytes, entry_id: int, vec: np.ndarray, exp: float) -> None:
+        if entry_id in self._where:
+            self._remove_locked(entry_id)
+        sno = self._scope_no(scope)
+        big = self._big.get(sno)
+        if big is not None:
+            self._big_add(sno, big, entry_id, vec, exp)
+            return
+        a = self._arena
+        row = a.alloc()
+        a.vecs[row] = vec
+        a.ids[row] = entry_id
+        a.expires[row] = exp
+        a.live[row] = 1
+        a.sno[row] = sno
+        head = int(self._shead[sno])
+        a.nxt[row], a.prv[row] = head, -1
+        if head >= 0:
+            a.prv[head] = row
+        self._shead[sno] = row
+        self._scount[sno] += 1
+        self._where[entry_id] = row
+        if self._scount[sno] > self.flat_limit:
+            self._promote(sno)
 
     def _big_add(self, sno: int, big: _Big, entry_id: int, vec: np.ndarray, exp: float) -> None:
         row = big.alloc()
@@ -420,6 +420,138 @@ class ScopedIndex:
         big.pending = []
         big.log = None
         big.thread = None
+
+    def add_many(
+        self, scopes: list[bytes], ids: np.ndarray, vecs: np.ndarray, expires: np.ndarray
+    ) -> None:
+        """Bulk insert (``expires``: float64, ``inf`` for never) into an index that holds
+        none of ``ids``: a scope that ends up larger than ``flat_limit`` gets one IVF built
+        for its final size instead of a promotion and retrains on the way.  Used to rebuild
+        from the store."""
+        if len(ids) != len(scopes) or vecs.shape != (len(ids), self.dim):
+            raise VectorError(f"add_many: {len(scopes)} scopes, {len(ids)} ids, vectors {vecs.shape}")
+        groups: dict[bytes, list[int]] = {}
+        for i, scope in enumerate(scopes):
+            groups.setdefault(scope, []).append(i)
+        with self._mut, self._lock:
+            for scope, members in groups.items():
+                idx = np.asarray(members, dtype=np.int64)
+                if len(idx) <= self.flat_limit or scope in self._sno:
+                    for i in idx.tolist():
+                        self._add_locked(scope, int(ids[i]), vecs[i], float(expires[i]))
+                    continue
+                sno = self._scope_no(scope)
+                n = len(idx)
+                cap = 1 << max(6, int(n - 1).bit_length())
+                big = _Big(self.dim, None, n)
+                big.ids = _grown(ids[idx].astype(np.int64), cap, -1)
+                big.expires = _grown(expires[idx].astype(np.float64), cap)
+                big.live = _grown(np.ones(n, np.uint8), cap)
+                big.top = big.count = n
+                big.ivf = _build_ivf(self.dim, np.arange(n, dtype=np.int64), vecs[idx])
+                self._big[sno] = big
+                self._scount[sno] = n
+                for row, entry_id in enumerate(big.ids[:n].tolist()):
+                    self._where[entry_id] = -(1 + (sno << 32 | row))
+
+    # --------------------------------------------------------------- snapshot
+    def export_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[int, Any]]:
+        """``(meta, arrays, ivfs)`` describing the whole index, for :mod:`semcache.snapshot`.
+
+        The caller must hold :attr:`mutation_lock` while it uses the result (the arrays are
+        views); background retrains are waited for first.  Searches may go on meanwhile.
+        """
+        self.wait_background()
+        a = self._arena
+        top = a.top
+        keys = [k if k is not None else b"" for k in self._skey]
+        bigs = sorted(self._big)
+        meta: dict[str, Any] = {
+            "dim": self.dim, "flat_limit": self.flat_limit, "arena_top": top,
+            "nfree": a.nfree, "scopes": len(keys), "sfree": list(self._sfree),
+            "big": [{"sno": sno, "top": self._big[sno].top, "count": self._big[sno].count,
+                     "trained_for": self._big[sno].trained_for} for sno in bigs],
+        }
+        arrays: dict[str, np.ndarray] = {
+            "arena.vecs": a.vecs[:top], "arena.ids": a.ids[:top], "arena.expires": a.expires[:top],
+            "arena.live": a.live[:top], "arena.nxt": a.nxt[:top], "arena.prv": a.prv[:top],
+            "arena.sno": a.sno[:top], "arena.free": a.free[: a.nfree],
+            "scope.keylen": np.array([len(k) for k in keys], dtype=np.int32),
+            "scope.keys": np.frombuffer(b"".join(keys), dtype=np.uint8),
+            "scope.head": self._shead[: len(keys)], "scope.count": self._scount[: len(keys)],
+        }
+        for sno in bigs:
+            big = self._big[sno]
+            arrays[f"big{sno}.ids"] = big.ids[: big.top]
+            arrays[f"big{sno}.expires"] = big.expires[: big.top]
+            arrays[f"big{sno}.live"] = big.live[: big.top]
+            arrays[f"big{sno}.free"] = np.array(big.free, dtype=np.int64)
+            arrays[f"big{sno}.pending"] = np.array(big.pending, dtype=np.int64)
+        return meta, arrays, {sno: self._big[sno].ivf for sno in bigs}
+
+    @property
+    def mutation_lock(self) -> threading.RLock:
+        """Held by every mutation; hold it to read :meth:`export_state` consistently."""
+        return self._mut
+
+    @classmethod
+    def from_state(
+        cls, meta: dict[str, Any], arrays: dict[str, np.ndarray], ivfs: dict[int, Any],
+        *, background: bool = True,
+    ) -> ScopedIndex:
+        """Rebuild an index from :meth:`export_state` output.  Raises KeyError/ValueError
+        when pieces are missing or inconsistent (the snapshot is then not used)."""
+        idx = cls(int(meta["dim"]), flat_limit=int(meta["flat_limit"]), background=background)
+        top = int(meta["arena_top"])
+        a = idx._arena
+        cap = max(1024, 1 << max(0, int(top - 1).bit_length()))
+        a.vecs = _grown(arrays["arena.vecs"].reshape(top, idx.dim), cap)
+        a.ids = _grown(arrays["arena.ids"], cap, -1)
+        a.expires = _grown(arrays["arena.expires"], cap)
+        a.live = _grown(arrays["arena.live"], cap)
+        a.nxt = _grown(arrays["arena.nxt"], cap, -1)
+        a.prv = _grown(arrays["arena.prv"], cap, -1)
+        a.sno = _grown(arrays["arena.sno"], cap, -1)
+        a.top = top
+        a.free = arrays["arena.free"].astype(np.int32).copy()
+        a.nfree = int(meta["nfree"])
+        if len(a.free) != a.nfree:
+            raise ValueError("arena free list does not match its length")
+        nscopes = int(meta["scopes"])
+        lens = arrays["scope.keylen"].astype(np.int64)
+        blob = arrays["scope.keys"].tobytes()
+        if len(lens) != nscopes or int(lens.sum()) != len(blob):
+            raise ValueError("scope table is inconsistent")
+        offs = np.concatenate([[0], np.cumsum(lens)]).tolist()
+        sfree = set(int(x) for x in meta["sfree"])
+        idx._skey = [None if i in sfree else blob[offs[i]:offs[i + 1]] for i in range(nscopes)]
+        idx._sfree = sorted(sfree)
+        cap = max(64, 1 << max(0, int(nscopes - 1).bit_length()))
+        idx._shead = _grown(arrays["scope.head"].astype(np.int32), cap, -1)
+        idx._scount = _grown(arrays["scope.count"].astype(np.int32), cap)
+        idx._sno = {k: i for i, k in enumerate(idx._skey) if k is not None}
+        live_rows = np.flatnonzero(a.live[:top])
+        idx._where = dict(zip(a.ids[live_rows].tolist(), live_rows.tolist(), strict=True))
+        for b in meta["big"]:
+            sno, btop = int(b["sno"]), int(b["top"])
+            big = _Big(idx.dim, ivfs[sno], int(b["trained_for"]))
+            bcap = 1 << max(6, int(btop - 1).bit_length())
+            big.ids = _grown(arrays[f"big{sno}.ids"], bcap, -1)
+            big.expires = _grown(arrays[f"big{sno}.expires"], bcap)
+            big.live = _grown(arrays[f"big{sno}.live"], bcap)
+            big.top, big.count = btop, int(b["count"])
+            big.free = arrays[f"big{sno}.free"].tolist()
+            big.pending = arrays[f"big{sno}.pending"].tolist()
+            big.ivf.nprobe = min(NPROBE, big.ivf.nlist)
+            rows = np.flatnonzero(big.live[:btop])
+            if len(rows) != big.count or big.ivf.ntotal != big.count + len(big.pending):
+                raise ValueError(f"large scope {sno} is inconsistent with its IVF")
+            codes = (-(1 + ((sno << 32) | rows))).tolist()
+            idx._where.update(zip(big.ids[rows].tolist(), codes, strict=True))
+            idx._big[sno] = big
+        if int(idx._scount[:nscopes].sum()) != len(idx._where):
+            raise ValueError("scope counts do not add up to the indexed entries")
+        return idx
 
     def wait_background(self) -> None:
         """Block until running background retrains have been swapped in."""

@@ -321,6 +321,38 @@ class Store:
             for key, raw in cur:
                 yield _id(key), EntryRecord.unpack(bytes(raw))
 
+    def iter_meta(self) -> Iterator[tuple[int, EntryMeta]]:
+        """Every entry's id and meta, by id, without vectors or bodies (one read snapshot)."""
+        with self._env.begin(db=self._meta_by_id) as txn:
+            for key, raw in txn.cursor():
+                yield _id(key), EntryMeta.unpack(bytes(raw))
+
+    def vector_ids(self) -> np.ndarray:
+        """Ids of the entries that have a vector (int64, ascending)."""
+        with self._env.begin(db=self._vectors) as txn:
+            keys = [_id(k) for k in txn.cursor().iternext(keys=True, values=False)]
+        return np.asarray(keys, dtype=np.int64)
+
+    def vectors(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
+        """The stored vectors of ``ids`` (copies); ids without one are left out."""
+        out: dict[int, np.ndarray] = {}
+        with self._env.begin(db=self._vectors) as txn:
+            for entry_id in ids:
+                raw = txn.get(_key(entry_id))
+                if raw is not None:
+                    out[entry_id] = np.frombuffer(raw, dtype=np.float32).copy()
+        return out
+
+    def last_id(self) -> int:
+        """The highest id ever given out (0 when none); ids are never reused."""
+        with self._env.begin(db=self._meta) as txn:
+            return _id(_get(txn, b"next_id") or _key(1)) - 1
+
+    @property
+    def snapshot_path(self) -> Path:
+        """Where the index snapshot of this store lives (next to, not inside, LMDB)."""
+        return self.path / "index.snapshot"
+
     def count(self) -> int:
         with self._env.begin() as txn:
             return int(txn.stat(self._entries)["entries"])
