@@ -166,7 +166,7 @@ def load(
                 if sec["kind"] == "array":
                     arrays[sec["name"]] = buf.view(np.dtype(sec["dtype"])).reshape(sec["shape"])
                 else:
-                    ivfs[int(sec["name"][3:])] = faiss.downcast_index(faiss.deserialize_index(buf))
+                    ivfs[int(sec["name"][3:])] = faiss.deserialize_index(buf)
                     del buf
         index = ScopedIndex.from_state(doc["index"], arrays, ivfs, background=background)
         if len(index) != stamp.count or index.dim != expected.dim:
