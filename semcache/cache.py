@@ -192,8 +192,8 @@ class SemanticCache:
             self.flush_hits()
             try:
                 self.write_snapshot()
-            except StoreError as exc:  # derived state: the next start rebuilds instead
-                log.warning("%s", exc)
+            except Exception:  # derived state: the next start rebuilds instead
+                log.exception("index snapshot not written")
         finally:
             self._closed = True
             self.store_db.close()

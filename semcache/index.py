@@ -459,9 +459,11 @@ class ScopedIndex:
         """``(meta, arrays, ivfs)`` describing the whole index, for :mod:`semcache.snapshot`.
 
         The caller must hold :attr:`mutation_lock` while it uses the result (the arrays are
-        views); background retrains are waited for first.  Searches may go on meanwhile.
+        views), with no retrain running (see :attr:`retraining`; RuntimeError otherwise).
+        Searches may go on meanwhile.
         """
-        self.wait_background()
+        if self.retraining:
+            raise RuntimeError("export_state during a background retrain")
         a = self._arena
         top = a.top
         keys = [k if k is not None else b"" for k in self._skey]
@@ -490,7 +492,12 @@ class ScopedIndex:
         return meta, arrays, {sno: self._big[sno].ivf for sno in bigs}
 
     @property
-    def mutation_lock(self) -> threading.RLock:
+    def retraining(self) -> bool:
+        """True while a large scope's IVF is being rebuilt in the background."""
+        return any(b.log is not None for b in list(self._big.values()))
+
+    @property
+    def mutation_lock(self) -> Any:
         """Held by every mutation; hold it to read :meth:`export_state` consistently."""
         return self._mut
 

@@ -68,7 +68,7 @@ class Stamp:
 def _write_array(f: BinaryIO, name: str, arr: np.ndarray) -> dict[str, Any]:
     data = np.ascontiguousarray(arr)
     offset = f.tell()
-    view = data.data.cast("B")
+    view = data.reshape(-1).view(np.uint8).data
     f.write(view)
     return {"name": name, "kind": "array", "dtype": data.dtype.str, "shape": list(data.shape),
             "offset": offset, "nbytes": data.nbytes, "crc": zlib.crc32(view)}
@@ -97,11 +97,16 @@ def write(index: ScopedIndex, path: Path, stamp: Stamp) -> int:
     try:
         with open(tmp, "wb") as f:
             f.write(MAGIC)
-            with index.mutation_lock:
-                meta, arrays, ivfs = index.export_state()
-                sections = [_write_array(f, name, arr) for name, arr in arrays.items()]
-                sections += [_write_faiss(f, f"ivf{sno}", ivf) for sno, ivf in ivfs.items()]
-                count = len(index)
+            while True:
+                index.wait_background()  # a retrain swaps under the mutation lock
+                with index.mutation_lock:
+                    if index.retraining:
+                        continue
+                    meta, arrays, ivfs = index.export_state()
+                    sections = [_write_array(f, name, arr) for name, arr in arrays.items()]
+                    sections += [_write_faiss(f, f"ivf{sno}", ivf) for sno, ivf in ivfs.items()]
+                    count = len(index)
+                    break
             footer = json.dumps({
                 "format": _FORMAT, "index": meta, "sections": sections,
                 "stamp": {"embedder": stamp.embedder, "dim": stamp.dim, "salt": stamp.salt,
