@@ -208,6 +208,15 @@ cdef class EvictionTracker:
             if <Py_ssize_t>self.heap.size() > 2 * self.pending + HEAP_SLACK:
                 self._rebuild_heap()
 
+    def add_many(self, const int64_t[::1] ids, const int64_t[::1] sizes,
+                 const double[::1] expires, const int64_t[::1] hits) -> None:
+        """``add`` for each row, in order (``expires`` ``inf``: never); see the twin."""
+        cdef Py_ssize_t i, n = ids.shape[0]
+        if sizes.shape[0] != n or expires.shape[0] != n or hits.shape[0] != n:
+            raise ValueError("add_many: arrays differ in length")
+        for i in range(n):
+            self.add(ids[i], sizes[i], None if expires[i] == INFINITY else expires[i], hits[i])
+
     cdef void _rebuild_heap(self):
         cdef size_t s
         self.heap.clear()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict
 from collections.abc import Iterator
+from typing import Any
 
 from .errors import ConfigError
 
@@ -62,6 +63,14 @@ class EvictionTracker:
             if len(self._expiry) > 2 * len(self._expires) + _HEAP_SLACK:
                 self._expiry = [(e, i) for i, e in self._expires.items()]
                 heapq.heapify(self._expiry)
+
+    def add_many(self, ids: Any, sizes: Any, expires: Any, hits: Any) -> None:
+        """``add`` for each row of the four equally long int64/int64/float64/int64 arrays, in
+        order; an ``expires`` of ``inf`` means never."""
+        inf = float("inf")
+        for i, s, e, h in zip(ids.tolist(), sizes.tolist(), expires.tolist(), hits.tolist(),
+                              strict=True):
+            self.add(i, s, None if e == inf else e, h)
 
     def touch(self, entry_id: int) -> None:
         """Record a hit: most recently used, one more use.  Unknown ids are ignored."""

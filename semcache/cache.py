@@ -108,27 +108,19 @@ class SemanticCache:
         written after it when the snapshot matches the store, else from the store alone.
         Entries that expired while closed are deleted."""
         now = self.clock()
-        ids, scopes, expires, sizes, hits, last_hit = [], [], [], [], [], []
-        expired: list[int] = []
-        for entry_id, meta in self.store_db.iter_meta():
-            if meta.expires is not None and meta.expires <= now:
-                expired.append(entry_id)
-                continue
-            ids.append(entry_id)
-            scopes.append(meta.scope)
-            expires.append(float("inf") if meta.expires is None else meta.expires)
-            sizes.append(meta.size)
-            hits.append(meta.hits)
-            last_hit.append(meta.last_hit)
-        if expired:
+        table = self.store_db.meta_table()
+        due = table.expires <= now
+        if due.any():
+            expired = table.ids[due].tolist()
             self.store_db.delete(expired)
             self.expirations += len(expired)
-        id_arr = np.asarray(ids, dtype=np.int64)
-        exp_arr = np.asarray(expires, dtype=np.float64)
-        with_vec = np.intersect1d(self.store_db.vector_ids(), id_arr, assume_unique=True)
-        loaded = self._load_snapshot(id_arr, with_vec)
+        keep = np.flatnonzero(~due)
+        id_arr, exp_arr = table.ids[keep], table.expires[keep]
+        scopes = [table.scopes[k] for k in keep.tolist()] if due.any() else table.scopes
+        loaded = self._load_snapshot(id_arr)
         if loaded is None:
-            vecs = self.store_db.vectors(with_vec.tolist())
+            vecs = self.store_db.vectors(id_arr.tolist())
+            with_vec = np.fromiter(vecs.keys(), dtype=np.int64, count=len(vecs))
             pos = np.searchsorted(id_arr, with_vec)
             if len(with_vec):
                 self.index.add_many([scopes[p] for p in pos.tolist()], with_vec,
@@ -137,23 +129,24 @@ class SemanticCache:
         else:
             self.index, last = loaded
             self.index.flat_limit = self.settings.flat_limit
-            fresh = with_vec[with_vec > last]
-            vecs = self.store_db.vectors(fresh.tolist())
+            vecs = self.store_db.vectors(id_arr[id_arr > last].tolist())
+            fresh = np.fromiter(vecs.keys(), dtype=np.int64, count=len(vecs))
             for entry_id, p in zip(fresh.tolist(), np.searchsorted(id_arr, fresh).tolist(),
                                    strict=True):
-                expiry = None if expires[p] == float("inf") else expires[p]
-                self.index.add(scopes[p], entry_id, vecs[entry_id], expiry)
+                expiry = float(exp_arr[p])
+                self.index.add(scopes[p], entry_id, vecs[entry_id],
+                               None if expiry == float("inf") else expiry)
             self.index_source = f"snapshot+{len(fresh)}"
         # least recently used first, so the tracker's order survives restarts
-        for p in np.lexsort((id_arr, np.asarray(last_hit, dtype=np.float64))).tolist():
-            self.tracker.add(ids[p], sizes[p], None if expires[p] == float("inf") else expires[p],
-                             hits[p])
+        order = np.lexsort((id_arr, table.last_hit[keep]))
+        self.tracker.add_many(id_arr[order], table.sizes[keep][order], exp_arr[order],
+                              table.hits[keep][order])
 
     def _stamp(self) -> snapshot.Stamp:
         return snapshot.Stamp(self.embedder.name, self.embedder.dim, self.store_db.salt.hex(),
                               self.store_db.last_id(), len(self.index))
 
-    def _load_snapshot(self, ids: np.ndarray, with_vec: np.ndarray) -> tuple[ScopedIndex, int] | None:
+    def _load_snapshot(self, ids: np.ndarray) -> tuple[ScopedIndex, int] | None:
         """The snapshot's index reconciled with the store, and its last id; None when there
         is no usable snapshot (the reason is logged) or it misses entries it should hold."""
         if self.settings.snapshot_interval is None:
@@ -164,12 +157,13 @@ class SemanticCache:
                 log.warning("index snapshot ignored, rebuilding from the store: %s", reason)
             return None
         held = index.ids()
-        owed = with_vec[with_vec <= stamp.last_id]
-        if len(np.setdiff1d(owed, held, assume_unique=True)):
+        # entries stored before the snapshot but not in it must be exact-only (no vector)
+        unheld = np.setdiff1d(ids[ids <= stamp.last_id], held, assume_unique=True)
+        if self.store_db.vectors(unheld.tolist()):
             log.warning("index snapshot ignored, rebuilding from the store: it lacks entries "
                         "stored before it was taken")
             return None
-        for gone in np.setdiff1d(held, with_vec, assume_unique=True).tolist():
+        for gone in np.setdiff1d(held, ids, assume_unique=True).tolist():
             index.remove(gone)  # deleted or expired since the snapshot
         return index, stamp.last_id
 
