@@ -303,7 +303,7 @@ class SemanticCache:
             model=req.model, text=req.semantic_text, body=body, usage=usage, created=now,
             expires=now + life if life is not None else None)
         with self._lock:  # one store at a time keeps index, tracker and LMDB in step
-            self._evict_locked(len(body))
+            self._evict_locked(len(record.pack()))  # the size the store will record
             entry_id, meta, replaced = self.store_db.put(record, vec)
             for old in replaced:
                 self.index.remove(old)
