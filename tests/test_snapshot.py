@@ -126,3 +126,21 @@ def test_snapshot_and_later_writes_survive_sigkill(tmp_path: Path) -> None:
             assert hit is not None and hit.entry_id == entry
         assert len(cache.index) == cache.store_db.count()
         assert np.all(np.isin(list(committed.values()), cache.index.ids()))
+
+
+def test_sweep_writes_a_snapshot_once_the_interval_has_passed(tmp_path: Path) -> None:
+    from tests.conftest import Clock
+
+    clock = Clock()
+    data = tmp_path / "s"
+    cache = SemanticCache(settings(data, snapshot_interval=60.0, ttl=30.0), HashEmbedder(),
+                          clock=clock)
+    try:
+        fill(cache, 0, 5)
+        cache.sweep()
+        assert not (data / "index.snapshot").exists()
+        clock.now += 61
+        assert cache.sweep() == 5  # expired, removed, then the snapshot is taken
+        assert (data / "index.snapshot").exists() and len(cache.index) == 0
+    finally:
+        cache.close()

@@ -145,3 +145,10 @@ def test_native_and_twin_trackers_agree(policy: str, ops: list[tuple]) -> None: 
         assert len(a) == len(b) and a.total_bytes == b.total_bytes
     assert [i in a for i in range(32)] == [i in b for i in range(32)]
     assert a.victims(0, 0) == b.victims(0, 0)  # the whole eviction order
+    rows = [(i, 10 * i, float("inf") if i % 3 else float(i), i % 4) for i in range(1, 40, 3)]
+    cols = [np.array(c, dtype=t) for c, t in zip(zip(*rows, strict=True),
+                                                 (np.int64, np.int64, np.float64, np.int64),
+                                                 strict=True)]
+    a.add_many(*cols)
+    b.add_many(*cols)
+    assert a.victims(0, 0) == b.victims(0, 0) and a.expired(100.0) == b.expired(100.0)
