@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install build run demo test test-native test-python lint bench clean
+.PHONY: install build run demo test test-native test-python lint bench bench-micro bench-scale clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,14 @@ lint: install
 
 bench: install
 	$(PY) -m bench
+
+# native vs twin, side by side (pytest-benchmark)
+bench-micro: install
+	$(PY) -m pytest bench/bench_micro.py -q -p no:cacheprovider --benchmark-columns=median,ops --benchmark-group-by=group
+
+# the index at 10k / 100k / 1M entries (the 1M run takes ~6 minutes and ~6 GB)
+bench-scale: install
+	$(PY) -m bench.bench_index 10000 100000 1000000
 
 clean:
 	rm -rf build semcache/*.so ext/*.c .pytest_cache .mypy_cache .ruff_cache

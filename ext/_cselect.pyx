@@ -75,3 +75,30 @@ def best_of_candidates(const float[::1] scores, const long long[::1] rows,
     if best_row >= 0 and best >= threshold:
         return int(best_row), float(best)
     return -1, float(best)
+
+
+def best_in_chain(const float[:, ::1] vecs, Py_ssize_t head, const int[::1] nxt,
+                  const float[::1] query, const double[::1] expires,
+                  const unsigned char[::1] live, double now, double threshold):
+    """Exact scan of the rows chained from ``head`` by ``nxt``; see the twin."""
+    cdef Py_ssize_t d = vecs.shape[1]
+    cdef Py_ssize_t cap = min(vecs.shape[0], nxt.shape[0], expires.shape[0], live.shape[0])
+    cdef Py_ssize_t row = head, best_row = -1, steps = 0
+    cdef float score
+    cdef float best = -INFINITY
+    if query.shape[0] != d:
+        raise ValueError(f"query has dimension {query.shape[0]}, arena has {d}")
+    with nogil:
+        while 0 <= row < cap and steps <= cap:
+            steps += 1
+            if live[row] != 0 and expires[row] > now:
+                score = _dot(&vecs[row, 0], &query[0], d)
+                if score > best:
+                    best = score
+                    best_row = row
+            row = nxt[row]
+    if steps > cap:
+        raise ValueError("row chain has a cycle")
+    if best_row >= 0 and best >= threshold:
+        return best_row, float(best)
+    return -1, float(best)

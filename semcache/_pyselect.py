@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["best_in_block", "best_of_candidates"]
+__all__ = ["best_in_block", "best_in_chain", "best_of_candidates"]
 
 _NONE = (-1, float("-inf"))
 
@@ -62,3 +62,40 @@ def best_of_candidates(
     if best_row >= 0 and best >= threshold:
         return best_row, best
     return -1, best
+
+
+def best_in_chain(
+    vecs: np.ndarray,
+    head: int,
+    nxt: np.ndarray,
+    query: np.ndarray,
+    expires: np.ndarray,
+    live: np.ndarray,
+    now: float,
+    threshold: float,
+) -> tuple[int, float]:
+    """Exact scan of the rows linked from ``head`` by ``nxt`` (int32; ``-1`` ends the chain).
+
+    ``vecs`` is float32 ``(cap, d)``.  Returns ``(row, score)`` of the highest inner product
+    among candidate rows when it is ``>= threshold``, else ``(-1, best score or -inf)``; ties
+    go to the row met first along the chain.  Raises ValueError for a chain with a cycle.
+    """
+    cap = min(len(vecs), len(nxt), len(expires), len(live))
+    rows: list[int] = []
+    row = head
+    while 0 <= row < cap:
+        rows.append(row)
+        if len(rows) > cap:
+            raise ValueError("row chain has a cycle")
+        row = int(nxt[row])
+    if not rows:
+        return _NONE
+    idx = np.asarray(rows, dtype=np.int64)
+    ok = (live[idx] != 0) & (expires[idx] > now)
+    if not ok.any():
+        return _NONE
+    scores = vecs[idx] @ query
+    masked = np.where(ok, scores, np.float32(-np.inf))
+    i = int(np.argmax(masked))
+    score = float(masked[i])
+    return (rows[i], score) if score >= threshold else (-1, score)

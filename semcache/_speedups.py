@@ -11,7 +11,7 @@ from types import ModuleType
 
 from .settings import extension_policy
 
-__all__ = ["select", "NATIVE", "IMPLEMENTATION"]
+__all__ = ["select", "evict", "NATIVE", "IMPLEMENTATION"]
 
 
 def _pick(native_name: str, twin: ModuleType) -> tuple[ModuleType, bool]:
@@ -30,7 +30,9 @@ def _pick(native_name: str, twin: ModuleType) -> tuple[ModuleType, bool]:
     return module, True
 
 
-from . import _pyselect  # noqa: E402
+from . import _pyevict, _pyselect  # noqa: E402
 
-select, NATIVE = _pick("_cselect", _pyselect)
+select, _select_native = _pick("_cselect", _pyselect)
+evict, _evict_native = _pick("_cevict", _pyevict)
+NATIVE = _select_native and _evict_native
 IMPLEMENTATION = "native" if NATIVE else "python"

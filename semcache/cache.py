@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -26,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from . import snapshot
 from .embedding import Embedder, load_embedder
-from .errors import InvalidRequestError
+from .errors import InvalidRequestError, StoreError
 from .eviction import EvictionTracker
 from .guard import conflict
 from .index import ScopedIndex
@@ -38,6 +40,8 @@ from .store import EntryRecord, Store
 __all__ = ["SemanticCache", "Hit"]
 
 _VECTOR_MEMO = 4096
+_EVICT_BATCH = 1024  # at most this many extra victims per eviction (1/64 of the cap)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,43 +92,107 @@ class SemanticCache:
             map_size=self.settings.map_size, sync=self.settings.sync)
         self.index = ScopedIndex(self.embedder.dim, flat_limit=self.settings.flat_limit)
         self.tracker = EvictionTracker(self.settings.eviction)
-        # _write_lock serialises mutations (store, delete, evict, sweep) and may be held
-        # across an LMDB commit; _lock guards the tracker and hit counts for microseconds
-        # only, because the event loop takes it on every hit.
-        self._write_lock = threading.Lock()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # serialises writers: store, delete, evict, sweep, snapshot
+        self._book = threading.Lock()  # tracker and pending hits; never held across I/O
         self._pending_hits: dict[int, tuple[float, int]] = {}
         self._memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._memo_lock = threading.Lock()
         self.evictions = 0
         self.expirations = 0
         self.guard_rejections = 0
+        self.index_source = "empty"  # how the index was built at open: store, snapshot+replay
+        self._snapshot_at = self.clock()
         self._closed = False
         self._rebuild()
 
     # ----------------------------------------------------------------- lifecycle
     def _rebuild(self) -> None:
+        """Build the index and the tracker at open: from the snapshot plus the entries
+        written after it when the snapshot matches the store, else from the store alone.
+        Entries that expired while closed are deleted."""
         now = self.clock()
-        expired: list[int] = []
-        for entry_id, meta, vec in self.store_db.iter_index():
-            if meta.expires is not None and meta.expires <= now:
-                expired.append(entry_id)
-                continue
-            if vec is not None:
-                self.index.add(meta.scope, entry_id, vec, meta.expires)
-            self.tracker.add(entry_id, meta.size, meta.expires, meta.hits)
-        if expired:
+        table = self.store_db.meta_table()
+        due = table.expires <= now
+        if due.any():
+            expired = table.ids[due].tolist()
             self.store_db.delete(expired)
             self.expirations += len(expired)
+        keep = np.flatnonzero(~due)
+        id_arr, exp_arr = table.ids[keep], table.expires[keep]
+        scopes = [table.scopes[k] for k in keep.tolist()] if due.any() else table.scopes
+        loaded = self._load_snapshot(id_arr)
+        if loaded is None:
+            vecs = self.store_db.vectors(id_arr.tolist())
+            with_vec = np.fromiter(vecs.keys(), dtype=np.int64, count=len(vecs))
+            pos = np.searchsorted(id_arr, with_vec)
+            if len(with_vec):
+                self.index.add_many([scopes[p] for p in pos.tolist()], with_vec,
+                                    np.stack([vecs[i] for i in with_vec.tolist()]), exp_arr[pos])
+            self.index_source = "store"
+        else:
+            self.index, last = loaded
+            self.index.flat_limit = self.settings.flat_limit
+            vecs = self.store_db.vectors(id_arr[id_arr > last].tolist())
+            fresh = np.fromiter(vecs.keys(), dtype=np.int64, count=len(vecs))
+            for entry_id, p in zip(fresh.tolist(), np.searchsorted(id_arr, fresh).tolist(),
+                                   strict=True):
+                expiry = float(exp_arr[p])
+                self.index.add(scopes[p], entry_id, vecs[entry_id],
+                               None if expiry == float("inf") else expiry)
+            self.index_source = f"snapshot+{len(fresh)}"
+        # least recently used first, so the tracker's order survives restarts
+        order = np.lexsort((id_arr, table.last_hit[keep]))
+        self.tracker.add_many(id_arr[order], table.sizes[keep][order], exp_arr[order],
+                              table.hits[keep][order])
+
+    def _stamp(self) -> snapshot.Stamp:
+        return snapshot.Stamp(self.embedder.name, self.embedder.dim, self.store_db.salt.hex(),
+                              self.store_db.last_id(), len(self.index))
+
+    def _load_snapshot(self, ids: np.ndarray) -> tuple[ScopedIndex, int] | None:
+        """The snapshot's index reconciled with the store, and its last id; None when there
+        is no usable snapshot (the reason is logged) or it misses entries it should hold."""
+        if self.settings.snapshot_interval is None:
+            return None
+        index, stamp, reason = snapshot.load(self.store_db.snapshot_path, self._stamp())
+        if index is None or stamp is None:
+            if reason != "no snapshot":
+                log.warning("index snapshot ignored, rebuilding from the store: %s", reason)
+            return None
+        held = index.ids()
+        # entries stored before the snapshot but not in it must be exact-only (no vector)
+        unheld = np.setdiff1d(ids[ids <= stamp.last_id], held, assume_unique=True)
+        if self.store_db.vectors(unheld.tolist()):
+            log.warning("index snapshot ignored, rebuilding from the store: it lacks entries "
+                        "stored before it was taken")
+            return None
+        for gone in np.setdiff1d(held, ids, assume_unique=True).tolist():
+            index.remove(gone)  # deleted or expired since the snapshot
+        return index, stamp.last_id
+
+    def write_snapshot(self) -> int:
+        """Write the index snapshot now (stores wait; lookups go on); returns its size in
+        bytes, 0 when snapshots are off.  Raises :class:`StoreError` when it cannot be
+        written.  Call from a worker thread."""
+        if self.settings.snapshot_interval is None:
+            return 0
+        with self._lock:
+            size = snapshot.write(self.index, self.store_db.snapshot_path, self._stamp())
+            self._snapshot_at = self.clock()
+            return size
 
     def close(self) -> None:
-        """Persist pending hit counts and close the store.  Idempotent."""
+        """Persist pending hit counts, write the index snapshot, close the store.  Idempotent."""
         if self._closed:
             return
-        self._closed = True
         try:
             self.flush_hits()
+            try:
+                self.write_snapshot()
+            except Exception:  # derived state: the next start rebuilds instead
+                log.exception("index snapshot not written")
         finally:
+            self._closed = True
             self.store_db.close()
 
     def __enter__(self) -> SemanticCache:
@@ -197,18 +265,17 @@ class SemanticCache:
 
     def _serve(self, entry_id: int, req: CacheRequest, match: str, sim: float) -> Hit | None:
         rec = self.store_db.get(entry_id)
-        if (match == "semantic" and rec is not None and self.settings.near_miss_guard
-                and req.semantic_text and rec.text
-                and conflict(req.semantic_text, rec.text) is not None):
-            self.guard_rejections += 1
-            return None
         now = self.clock()
         # re-check: the index is derived state; the store decides.
         if rec is None or rec.scope != req.scope or rec.namespace != req.namespace:
             return None
         if rec.expires is not None and rec.expires <= now:
             return None
-        with self._lock:
+        if (match == "semantic" and self.settings.near_miss_guard and req.semantic_text
+                and rec.text and conflict(req.semantic_text, rec.text) is not None):
+            self.guard_rejections += 1
+            return None
+        with self._book:
             self.tracker.touch(entry_id)
             last, count = self._pending_hits.get(entry_id, (now, 0))
             self._pending_hits[entry_id] = (max(last, now), count + 1)
@@ -242,31 +309,41 @@ class SemanticCache:
             scope=req.scope, exact=req.exact, namespace=req.namespace, endpoint=req.endpoint,
             model=req.model, text=req.semantic_text, body=body, usage=usage, created=now,
             expires=now + life if life is not None else None)
-        with self._write_lock:  # one mutation at a time keeps index, tracker and LMDB in step
-            with self._lock:
-                victims = self.tracker.victims(
-                    self.settings.max_entries - 1, self.settings.max_bytes, len(body))
-            if victims:
-                self._drop(victims)
-                self.evictions += len(victims)
+        with self._lock:  # one store at a time keeps index, tracker and LMDB in step
+            self._evict_locked(len(record.pack()))  # the size the store will record
             entry_id, meta, replaced = self.store_db.put(record, vec)
             for old in replaced:
                 self.index.remove(old)
             if vec is not None:
                 self.index.add(req.scope, entry_id, vec, record.expires)
-            with self._lock:
+            with self._book:
                 for old in replaced:
                     self.tracker.remove(old)
                 self.tracker.add(entry_id, meta.size, record.expires)
         return entry_id
 
-    def _drop(self, ids: list[int]) -> list[int]:
-        """Delete ``ids`` from LMDB, then index and tracker.  Caller holds _write_lock."""
-        gone = self.store_db.delete(ids)
-        for entry_id in ids:  # also ids already gone from LMDB (e.g. another process)
+    def _evict_locked(self, incoming: int) -> None:
+        """Make room for one entry of ``incoming`` bytes.  Once a cap would be exceeded,
+        victims are taken in a batch down to 1/64 below the caps (at most
+        ``_EVICT_BATCH`` extra entries), so the next stores evict nothing."""
+        cap_n, cap_b = self.settings.max_entries, self.settings.max_bytes
+        with self._book:
+            if len(self.tracker) < cap_n and self.tracker.total_bytes + incoming <= cap_b:
+                return
+            victims = self.tracker.victims(
+                cap_n - 1 - min(_EVICT_BATCH, cap_n // 64), cap_b - cap_b // 64, incoming)
+        if victims:
+            self._drop_locked(victims)
+            self.evictions += len(victims)
+
+    def _drop_locked(self, ids: list[int]) -> list[int]:
+        """Remove ``ids`` from the index (first: it never points at a missing entry), the
+        store (one transaction), then the tracker.  Called with ``_lock`` held."""
+        for entry_id in ids:
             self.index.remove(entry_id)
-        with self._lock:
-            for entry_id in ids:
+        gone = self.store_db.delete(ids)
+        with self._book:
+            for entry_id in ids:  # also ids already gone from LMDB (e.g. another process)
                 self.tracker.remove(entry_id)
                 self._pending_hits.pop(entry_id, None)
         return gone
@@ -274,15 +351,15 @@ class SemanticCache:
     # ------------------------------------------------------------- maintenance
     def delete(self, entry_id: int) -> bool:
         """Remove one entry from store and index; False when it did not exist."""
-        with self._write_lock:
-            return bool(self._drop([entry_id]))
+        with self._lock:
+            return bool(self._drop_locked([entry_id]))
 
     def delete_many(self, entry_ids: list[int]) -> list[int]:
         """Remove entries from store and index in one transaction; returns those that existed."""
         if not entry_ids:
             return []
-        with self._write_lock:
-            return self._drop(list(entry_ids))
+        with self._lock:
+            return self._drop_locked(list(entry_ids))
 
     def embed_many(self, texts: list[str]) -> list[np.ndarray]:
         """Unit vectors of ``texts`` in one batch (blocks for the forward pass)."""
@@ -305,13 +382,13 @@ class SemanticCache:
         items = [(r, next(pending) if r.text else None) for r in records]
         incoming = sum(len(r.pack()) for r in records)
         ids: list[int] = []
-        with self._write_lock:
-            with self._lock:
+        with self._lock:
+            with self._book:
                 victims = self.tracker.victims(
                     max(0, self.settings.max_entries - len(records)), self.settings.max_bytes,
                     incoming)
             if victims:
-                self._drop(victims)
+                self._drop_locked(victims)
                 self.evictions += len(victims)
             for (record, vec), (entry_id, meta, replaced) in zip(
                     items, self.store_db.put_many(items), strict=True):
@@ -319,7 +396,7 @@ class SemanticCache:
                     self.index.remove(old)
                 if vec is not None:
                     self.index.add(record.scope, entry_id, vec, record.expires)
-                with self._lock:
+                with self._book:
                     for old in replaced:
                         self.tracker.remove(old)
                     self.tracker.add(entry_id, meta.size, record.expires)
@@ -329,27 +406,36 @@ class SemanticCache:
     def pending_hits(self, entry_id: int) -> tuple[int, float | None]:
         """``(hits, last hit time)`` of ``entry_id`` counted since the last
         :meth:`flush_hits` (not yet in LMDB)."""
-        with self._lock:
+        with self._book:
             last, count = self._pending_hits.get(entry_id, (0.0, 0))
             return count, (last if count else None)
 
     def sweep(self) -> int:
-        """Remove expired entries from store and index; returns how many."""
+        """Remove expired entries from store and index in batches of up to 1024 (locks are
+        released between batches), then write the index snapshot when
+        ``snapshot_interval`` seconds have passed since the last.  Returns how many
+        entries expired.  Blocks on LMDB: call from a worker thread."""
         removed = 0
-        with self._write_lock:
-            while True:
-                with self._lock:
+        while True:
+            with self._lock:
+                with self._book:
                     ids = self.tracker.expired(self.clock())
                 if not ids:
                     break
-                self._drop(ids)
+                self._drop_locked(ids)
                 removed += len(ids)
         self.expirations += removed
+        interval = self.settings.snapshot_interval
+        if interval is not None and self.clock() - self._snapshot_at >= interval:
+            try:
+                self.write_snapshot()
+            except StoreError as exc:
+                log.warning("%s", exc)
         return removed
 
     def flush_hits(self) -> None:
         """Persist hit counts and last-hit times gathered since the last flush."""
-        with self._lock:
+        with self._book:
             pending, self._pending_hits = self._pending_hits, {}
         self.store_db.record_hits(pending)
 

@@ -109,6 +109,11 @@ class Settings:
     map_size: int = setting(8 << 30, "LMDB map size: the most the store file may grow to", _size)
     sync: bool = setting(
         True, "fsync each LMDB commit (off: faster, may lose the last writes on power loss)", _bool)
+    snapshot_interval: float | None = setting(
+        3600.0,
+        "seconds between index snapshots taken by sweep (one is also written at close); "
+        "none/0: no snapshots, the index is rebuilt from the store at every start",
+        _opt_float)
     # --- embedding
     embedding_model: str = setting(
         "default",
@@ -216,6 +221,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError("threshold_floor", s.threshold_floor, "must be in (0, 1]")
     if s.ttl is not None and s.ttl <= 0:
         raise ConfigError("ttl", s.ttl, "must be positive or none")
+    if s.snapshot_interval is not None and s.snapshot_interval <= 0:
+        raise ConfigError("snapshot_interval", s.snapshot_interval, "must be positive or none")
     for name in ("max_entries", "max_bytes", "flat_limit", "map_size", "max_body_bytes"):
         if getattr(s, name) < 1:
             raise ConfigError(name, getattr(s, name), "must be at least 1")

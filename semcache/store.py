@@ -39,7 +39,7 @@ import numpy as np
 
 from .errors import EmbedderMismatchError, StoreError, StoreFullError
 
-__all__ = ["Store", "EntryRecord", "EntryMeta", "FORMAT_VERSION"]
+__all__ = ["Store", "EntryRecord", "EntryMeta", "MetaTable", "FORMAT_VERSION"]
 
 FORMAT_VERSION = b"1"
 T = TypeVar("T")
@@ -110,6 +110,19 @@ class EntryMeta:
     def unpack(cls, data: bytes) -> EntryMeta:
         s, e, size, c, lh, h = msgpack.unpackb(data, raw=False)
         return cls(s, e, size, c, lh, h)
+
+
+@dataclass(frozen=True, slots=True)
+class MetaTable:
+    """All entries' meta as columns (row ``i`` is entry ``ids[i]``, ids ascending);
+    ``expires`` holds ``inf`` for entries that never expire."""
+
+    ids: np.ndarray
+    scopes: list[bytes]
+    expires: np.ndarray
+    sizes: np.ndarray
+    hits: np.ndarray
+    last_hit: np.ndarray
 
 
 class Store:
@@ -413,6 +426,60 @@ class Store:
                 vec = (np.frombuffer(vec_raw, dtype=np.float32).copy()
                        if vec_raw is not None else None)
                 yield _id(key), EntryRecord.unpack(bytes(raw)), vec
+
+    def iter_meta(self) -> Iterator[tuple[int, EntryMeta]]:
+        """Every entry's id and meta, by id, without vectors or bodies (one read snapshot)."""
+        with self._env.begin(db=self._meta_by_id) as txn:
+            for key, raw in txn.cursor():
+                yield _id(key), EntryMeta.unpack(bytes(raw))
+
+    def meta_table(self) -> MetaTable:
+        """Every entry's meta as columns, by id (one read snapshot); the fast path of
+        :meth:`iter_meta` for rebuilding the index and the tracker at open."""
+        with self._env.begin(db=self._meta_by_id) as txn:
+            keys: list[bytes] = []
+            rows: list[list[Any]] = []
+            unpack = msgpack.unpackb
+            for key, raw in txn.cursor().iternext():
+                keys.append(key)
+                rows.append(unpack(raw, raw=False))
+        ids = np.frombuffer(b"".join(keys), dtype=">i8").astype(np.int64)
+        if not rows:
+            empty = np.zeros(0)
+            return MetaTable(ids, [], empty, empty.astype(np.int64), empty.astype(np.int64), empty)
+        scopes, exp, size, _created, last_hit, hits = zip(*rows, strict=True)
+        inf = float("inf")
+        return MetaTable(
+            ids, list(scopes),
+            np.fromiter((inf if e is None else e for e in exp), dtype=np.float64, count=len(exp)),
+            np.asarray(size, dtype=np.int64), np.asarray(hits, dtype=np.int64),
+            np.asarray(last_hit, dtype=np.float64))
+
+    def vector_ids(self) -> np.ndarray:
+        """Ids of the entries that have a vector (int64, ascending)."""
+        with self._env.begin(db=self._vectors) as txn:
+            keys = b"".join(txn.cursor().iternext(keys=True, values=False))
+        return np.frombuffer(keys, dtype=">i8").astype(np.int64)
+
+    def vectors(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
+        """The stored vectors of ``ids`` (copies); ids without one are left out."""
+        out: dict[int, np.ndarray] = {}
+        with self._env.begin(db=self._vectors) as txn:
+            for entry_id in ids:
+                raw = txn.get(_key(entry_id))
+                if raw is not None:
+                    out[entry_id] = np.frombuffer(raw, dtype=np.float32).copy()
+        return out
+
+    def last_id(self) -> int:
+        """The highest id ever given out (0 when none); ids are never reused."""
+        with self._env.begin(db=self._meta) as txn:
+            return _id(_get(txn, b"next_id") or _key(1)) - 1
+
+    @property
+    def snapshot_path(self) -> Path:
+        """Where the index snapshot of this store lives (next to, not inside, LMDB)."""
+        return self.path / "index.snapshot"
 
     def count(self) -> int:
         with self._env.begin() as txn:

@@ -195,14 +195,33 @@ def test_restoring_the_same_exact_key_replaces_the_entry(make_cache: CacheFactor
 
 
 def test_large_scopes_are_searched_through_faiss(make_cache: CacheFactory, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """flat_limit=2 forces the FAISS path; results must match the exact-scan path."""
+    """flat_limit=2 forces the IVF path; results must match the exact-scan path."""
     pairs = [(a, b) for a, b, label in langcache_pairs() if label == 1][:40]
     results: dict[int, list[str | None]] = {}
     for limit in (10_000, 2):
         cache = make_cache(flat_limit=limit, data_dir=tmp_path / f"limit-{limit}")
         texts = {cache.store(req(chat(a)), answer(a)): a for a, _ in pairs}
-        assert (cache.index._blocks[req(chat("x")).scope].ann is None) == (limit > len(pairs))
+        assert cache.index.kind(req(chat("x")).scope) == ("flat" if limit > len(pairs) else "ivf")
         hits = [cache.lookup(req(chat(b))) for _, b in pairs]
         results[limit] = [texts[h.entry_id] if h else None for h in hits]
     assert results[2] == results[10_000]
     assert sum(r is not None for r in results[2]) >= len(pairs) // 3  # the path was exercised
+
+
+@pytest.mark.parametrize("eviction", ["lru", "lfu"])
+def test_caps_hold_and_evicted_entries_leave_index_and_store(make_cache: CacheFactory,
+                                                            eviction: str) -> None:
+    cache = make_cache(embedder_=HashEmbedder(), max_entries=40,
+                       max_bytes=40 * 400, eviction=eviction, flat_limit=8)
+    stored: list[int] = []
+    for i in range(300):
+        stored.append(cache.store(req(chat(f"question {i}")), answer("x" * (i % 200))))
+        if i % 3 == 0:
+            cache.lookup(req(chat(f"question {i // 2}")))  # some hits, to shape LRU/LFU order
+        assert len(cache) <= 40 and cache.tracker.total_bytes <= 40 * 400
+    live = [e for e in stored if e in cache.tracker]
+    gone = [e for e in stored if e not in cache.tracker]
+    assert cache.evictions == len(gone) > 0
+    assert sorted(live) == sorted(cache.index.ids().tolist())
+    assert cache.store_db.count() == len(live)
+    assert all(cache.store_db.get(e) is None and e not in cache.index for e in gone)

@@ -81,3 +81,74 @@ def test_native_and_twin_agree_on_candidates(seed: int, k: int, threshold: float
     a = native.best_of_candidates(scores, rows, expires, live, 1.0, threshold)
     b = _pyselect.best_of_candidates(scores, rows, expires, live, 1.0, threshold)
     assert a == b
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 30), st.integers(1, 20),
+       st.floats(-1.0, 1.0), st.floats(0.0, 2.0))
+def test_native_and_twin_agree_on_chain_scans(
+    seed: int, members: int, d: int, threshold: float, now: float
+) -> None:
+    native = _native()
+    if native is None:
+        pytest.skip("semcache._cselect is not built; nothing native to compare")
+    rng = np.random.default_rng(seed)
+    cap = members + int(rng.integers(0, 6))
+    vecs = rng.standard_normal((cap, d)).astype(np.float32)
+    chain = rng.permutation(cap)[:members].astype(np.int32)
+    nxt = np.full(cap, -1, dtype=np.int32)
+    if members:
+        nxt[chain[:-1]] = chain[1:]
+    head = int(chain[0]) if members else -1
+    q = rng.standard_normal(d).astype(np.float32)
+    expires = rng.choice([0.5, 1.5, np.inf], size=cap)
+    live = rng.integers(0, 2, size=cap).astype(np.uint8)
+    a = native.best_in_chain(vecs, head, nxt, q, expires, live, now, threshold)
+    b = _pyselect.best_in_chain(vecs, head, nxt, q, expires, live, now, threshold)
+    assert (a[0] >= 0) == (b[0] >= 0) or abs(a[1] - threshold) < 1e-4
+    assert a[1] == b[1] or abs(a[1] - b[1]) < 1e-4
+    if a[0] >= 0 and b[0] >= 0 and a[0] != b[0]:  # only a float tie may pick another row
+        assert abs(float(vecs[a[0]] @ q) - float(vecs[b[0]] @ q)) < 1e-4
+    if members:
+        nxt[chain[-1]] = chain[0]  # a cycle is refused, not looped over
+        with pytest.raises(ValueError, match="cycle"):
+            native.best_in_chain(vecs, head, nxt, q, expires, live, now, threshold)
+        with pytest.raises(ValueError, match="cycle"):
+            _pyselect.best_in_chain(vecs, head, nxt, q, expires, live, now, threshold)
+
+
+op = st.one_of(
+    st.tuples(st.just("add"), st.integers(1, 30), st.integers(0, 500),
+              st.one_of(st.none(), st.integers(0, 60).map(float)), st.sampled_from([0, 0, 1, 4])),
+    st.tuples(st.just("touch"), st.integers(1, 30)),
+    st.tuples(st.just("remove"), st.integers(1, 30)),
+    st.tuples(st.just("victims"), st.integers(0, 30), st.integers(0, 8000), st.integers(0, 600)),
+    st.tuples(st.just("expired"), st.integers(0, 70).map(float), st.integers(1, 6)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["lru", "lfu"]), st.lists(op, max_size=120))
+def test_native_and_twin_trackers_agree(policy: str, ops: list[tuple]) -> None:  # type: ignore[type-arg]
+    try:
+        from semcache import _cevict as native
+    except ImportError:
+        if os.environ.get("SEMCACHE_NO_EXTENSIONS") == "1":
+            pytest.skip("semcache._cevict is not built; nothing native to compare")
+        raise
+    from semcache import _pyevict
+
+    a, b = native.EvictionTracker(policy), _pyevict.EvictionTracker(policy)
+    for name, *args in ops:
+        ra, rb = getattr(a, name)(*args), getattr(b, name)(*args)
+        assert ra == rb, (name, args)
+        assert len(a) == len(b) and a.total_bytes == b.total_bytes
+    assert [i in a for i in range(32)] == [i in b for i in range(32)]
+    assert a.victims(0, 0) == b.victims(0, 0)  # the whole eviction order
+    rows = [(i, 10 * i, float("inf") if i % 3 else float(i), i % 4) for i in range(1, 40, 3)]
+    cols = [np.array(c, dtype=t) for c, t in zip(zip(*rows, strict=True),
+                                                 (np.int64, np.int64, np.float64, np.int64),
+                                                 strict=True)]
+    a.add_many(*cols)
+    b.add_many(*cols)
+    assert a.victims(0, 0) == b.victims(0, 0) and a.expired(100.0) == b.expired(100.0)

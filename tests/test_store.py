@@ -113,7 +113,11 @@ def test_hit_counts_persist(tmp_path: Path) -> None:
         assert meta[entry].hits == 3
 
 
-def test_data_dir_holds_only_the_store(tmp_path: Path) -> None:
+def test_data_dir_holds_only_the_store_and_the_index_snapshot(tmp_path: Path) -> None:
     with SemanticCache(Settings(data_dir=tmp_path / "s"), HashEmbedder()) as cache:
         cache.store(CacheRequest.from_body("/v1/chat/completions", chat("hello")), answer("hi"))
-    assert sorted(os.listdir(tmp_path / "s")) == ["data.mdb", "lock.mdb"]
+    assert sorted(os.listdir(tmp_path / "s")) == ["data.mdb", "index.snapshot", "lock.mdb"]
+    off = Settings(data_dir=tmp_path / "t", snapshot_interval=None)
+    with SemanticCache(off, HashEmbedder()) as cache:
+        cache.store(CacheRequest.from_body("/v1/chat/completions", chat("hello")), answer("hi"))
+    assert sorted(os.listdir(tmp_path / "t")) == ["data.mdb", "lock.mdb"]

@@ -1,0 +1,146 @@
+"""Index snapshots: used when they match the store, replayed forward, never trusted blindly."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from semcache import CacheRequest, SemanticCache, Settings
+from semcache.snapshot import Stamp, load
+from tests.conftest import ROOT, HashEmbedder, answer, chat
+
+CHAT = "/v1/chat/completions"
+
+
+def req(text: str) -> CacheRequest:
+    return CacheRequest.from_body(CHAT, chat(text))
+
+
+def settings(data: Path, **kw: object) -> Settings:
+    return Settings(data_dir=data, sync=False, flat_limit=8, **kw)  # type: ignore[arg-type]
+
+
+def fill(cache: SemanticCache, start: int, stop: int) -> dict[int, int]:
+    return {i: cache.store(req(f"question number {i}"), answer(f"answer {i}")) for i in range(start, stop)}
+
+
+def all_found(cache: SemanticCache, ids: dict[int, int]) -> bool:
+    for i, entry in ids.items():
+        hit = cache.lookup_semantic(req(f"question number {i}"))
+        if hit is None or hit.entry_id != entry:
+            return False
+    return True
+
+
+def test_restart_loads_the_snapshot_and_replays_later_entries(tmp_path: Path) -> None:
+    data = tmp_path / "s"
+    with SemanticCache(settings(data), HashEmbedder()) as cache:
+        ids = fill(cache, 0, 40)
+        assert cache.index.kind(req("x").scope) == "ivf"
+    with SemanticCache(settings(data, snapshot_interval=None), HashEmbedder()) as cache:
+        assert cache.index_source == "store"  # snapshots off: never read
+        ids |= fill(cache, 40, 50)  # written after the snapshot, which is not rewritten
+        assert cache.delete(ids.pop(3))
+    with SemanticCache(settings(data), HashEmbedder()) as cache:
+        assert cache.index_source == "snapshot+10"
+        assert len(cache.index) == len(ids) == len(cache.tracker) == cache.store_db.count()
+        assert all_found(cache, ids)
+
+
+def test_snapshot_of_another_store_or_damaged_is_rebuilt(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    with SemanticCache(settings(a), HashEmbedder()) as cache:
+        ids = fill(cache, 0, 20)
+    with SemanticCache(settings(b), HashEmbedder()) as cache:
+        fill(cache, 100, 130)
+    snap = (b / "index.snapshot").read_bytes()
+    (a / "index.snapshot").write_bytes(snap)  # another store's snapshot
+    with SemanticCache(settings(a), HashEmbedder()) as cache:
+        assert cache.index_source == "store" and all_found(cache, ids)
+    raw = bytearray((a / "index.snapshot").read_bytes())
+    raw[len(raw) // 3] ^= 0xFF  # one flipped byte
+    (a / "index.snapshot").write_bytes(bytes(raw))
+    with SemanticCache(settings(a), HashEmbedder()) as cache:
+        assert cache.index_source == "store" and all_found(cache, ids)
+    (a / "index.snapshot").write_bytes(b"garbage")
+    with SemanticCache(settings(a), HashEmbedder()) as cache:
+        assert cache.index_source == "store" and all_found(cache, ids)
+
+
+def test_snapshot_missing_entries_or_from_the_future_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "s"
+    with SemanticCache(settings(data), HashEmbedder()) as cache:
+        ids = fill(cache, 0, 12)
+        stamp = cache._stamp()
+    path = data / "index.snapshot"
+    future = Stamp(stamp.embedder, stamp.dim, stamp.salt, stamp.last_id - 1)
+    index, _, reason = load(path, future)
+    assert index is None and "newer than the store" in reason
+    other = Stamp("another-model", stamp.dim, stamp.salt, stamp.last_id)
+    assert load(path, other)[0] is None
+    # a second process wrote entries the snapshot does not know, then the snapshot was
+    # restored from an older copy: the ids below its last id it lacks make it untrusted
+    old = path.read_bytes()
+    with SemanticCache(settings(data), HashEmbedder()) as cache:
+        ids |= fill(cache, 12, 20)
+        cache.write_snapshot()
+    stale = path.read_bytes()
+    with SemanticCache(settings(data), HashEmbedder()) as cache:
+        fill(cache, 20, 25)
+    path.write_bytes(old)
+    with SemanticCache(settings(data), HashEmbedder()) as cache:
+        assert cache.index_source.startswith("snapshot")  # older but consistent: replayed
+    assert stale != old
+
+
+def test_snapshot_and_later_writes_survive_sigkill(tmp_path: Path) -> None:
+    data = tmp_path / "store"
+    with SemanticCache(Settings(data_dir=data, flat_limit=8), HashEmbedder()) as cache:
+        committed = {f"question number {i}": e for i, e in fill(cache, 1000, 1030).items()}
+    assert (data / "index.snapshot").exists()
+    proc = subprocess.Popen([sys.executable, "-m", "tests._writer", str(data), "0"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 120
+    while len(committed) < 30 + 25 and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        i, entry = map(int, line.split())
+        committed[f"question number {i}"] = entry
+    proc.send_signal(signal.SIGKILL)
+    rest, err = proc.communicate(timeout=30)
+    for line in rest.splitlines():
+        i, entry = map(int, line.split())
+        committed[f"question number {i}"] = entry
+    assert len(committed) >= 55, err[-2000:]
+    with SemanticCache(Settings(data_dir=data, flat_limit=8), HashEmbedder()) as cache:
+        assert cache.index_source.startswith("snapshot+")
+        for text, entry in committed.items():
+            hit = cache.lookup_semantic(req(text))
+            assert hit is not None and hit.entry_id == entry
+        assert len(cache.index) == cache.store_db.count()
+        assert np.all(np.isin(list(committed.values()), cache.index.ids()))
+
+
+def test_sweep_writes_a_snapshot_once_the_interval_has_passed(tmp_path: Path) -> None:
+    from tests.conftest import Clock
+
+    clock = Clock()
+    data = tmp_path / "s"
+    cache = SemanticCache(settings(data, snapshot_interval=60.0, ttl=30.0), HashEmbedder(),
+                          clock=clock)
+    try:
+        fill(cache, 0, 5)
+        cache.sweep()
+        assert not (data / "index.snapshot").exists()
+        clock.now += 61
+        assert cache.sweep() == 5  # expired, removed, then the snapshot is taken
+        assert (data / "index.snapshot").exists() and len(cache.index) == 0
+    finally:
+        cache.close()
