@@ -87,9 +87,14 @@ def _lifecycle(embedder: Embedder | None, cache: SemanticCache | None):  # type:
 
 
 def _open_cache(rt: Runtime, embedder: Embedder | None) -> None:
-    """Load the model and rebuild the index (on the lookup thread)."""
+    """Load the model, warm it up and rebuild the index (on the lookup thread)."""
     try:
-        rt.cache = SemanticCache(rt.settings, embedder)
+        cache = SemanticCache(rt.settings, embedder)
+        # one forward pass before declaring ready: torch's first call in a process is
+        # several times slower than the next ones and would blow the first lookup's budget
+        for text in ("warm-up", "How do I warm up the embedding model before the first request?"):
+            cache.embedder.embed([text])
+        rt.cache = cache
         log.info("cache ready: %d entries from %s", len(rt.cache), rt.settings.data_dir)
     except Exception as exc:
         rt.load_error = f"{type(exc).__name__}: {exc}"
