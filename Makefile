@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install build run demo test test-native test-python lint bench bench-micro bench-scale clean
+.PHONY: install build run demo test test-native test-python lint bench bench-proxy bench-micro bench-scale clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ lint: install
 
 bench: install
 	$(PY) -m bench
+
+# the sidecar's latency and throughput against the fake upstream (~3 minutes)
+bench-proxy: install
+	$(PY) -m bench.bench_proxy --n 200
 
 # native vs twin, side by side (pytest-benchmark)
 bench-micro: install

@@ -1,14 +1,20 @@
-"""``python -m bench``: the quick benchmarks, one after another.
+"""``python -m bench`` (``make bench``): the README's "What it saves" run.
 
-The sidecar's latency and throughput against the fake upstream, then the index at 10k
-and 100k entries.  ``make bench-scale`` adds 1M entries; ``make bench-micro`` compares
-native and twin hot loops.
+Calibrates the threshold for precision 0.90 on the dev pairs of QQP and langcache,
+replays the first 3,000 QQP test pairs and the langcache test split through the sidecar,
+and writes the table into README.md and the plots into docs/.  Extra arguments are
+passed on to ``semcache bench savings``.
 """
 
 from __future__ import annotations
 
-from . import bench_index, bench_proxy
+import sys
+
+from semcache.cli import main
+
+README_RUN = ["bench", "savings", "--workload", "qqp", "--workload", "langcache",
+              "--limit", "3000", "--target-precision", "0.90", "--plots", "docs",
+              "--readme", "README.md"]
 
 if __name__ == "__main__":
-    bench_proxy.main([])
-    bench_index.main(["10000", "100000"])
+    sys.exit(main(README_RUN + sys.argv[1:]))

@@ -6,6 +6,8 @@
 ``semcache demo``        the cache as a library: store a few answers, ask paraphrases
 ``semcache stats | invalidate | export | import``  operate a running sidecar (see
                           semcache/cli_operator.py)
+``semcache bench savings`` replay labeled traffic through the sidecar: hits, wrong hits, money saved
+``semcache calibrate``   pick the similarity threshold for a target precision from labeled pairs
 
 Every setting is a flag here and a ``SEMCACHE_*`` environment variable.
 """
@@ -16,6 +18,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .errors import SemcacheError
 from .settings import Settings, add_arguments
@@ -42,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_operator import add_operator_commands
 
     add_operator_commands(sub)
+    _add_bench_commands(sub)
     return parser
 
 
@@ -74,10 +78,127 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.command in COMMANDS:
             return run_operator_command(args, settings)
+        if args.command in ("bench", "calibrate"):
+            return _run_bench_command(args, settings, argv)
     except SemcacheError as exc:
         print(f"semcache: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # an unreachable sidecar, an unreadable file
         print(f"semcache: error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+# ------------------------------------------------------------ bench savings, calibrate
+_BENCH_SETTINGS = ["threshold", "near_miss_guard", "embedding_model", "embedding_device", "embedding_threads",
+                   "log_level"]
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _limit(text: str) -> int | None:
+    value = int(text)
+    return None if value <= 0 else value
+
+
+def _add_bench_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    bench = sub.add_parser("bench", help="benchmarks of the cache on labeled traffic")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    sav = bench_sub.add_parser(
+        "savings", help="replay labeled traffic through the sidecar: hits, wrong hits, money saved",
+        description="Replays workloads through the real sidecar (HTTP, openai SDK) in front of a "
+                    "fake upstream that answers by label, and scores no cache, exact only, static "
+                    "thresholds and the calibrated threshold side by side.")
+    sav.add_argument("--workload", action="append", choices=["qqp", "langcache", "gptcache",
+                                                             "meancache"],
+                     help="a built-in workload from --data (repeatable; default qqp and "
+                          "langcache unless --log is given)")
+    sav.add_argument("--log", action="append", type=Path, default=[],
+                     help="a user log in the JSONL format of semcache/bench_workloads.py (repeatable)")
+    sav.add_argument("--data", type=Path, default=Path("../shared/data"),
+                     help="directory of the labeled data [default ../shared/data]")
+    sav.add_argument("--limit", type=_limit, default=3000,
+                     help="first N test pairs (log requests) per workload; 0: all [default 3000]")
+    sav.add_argument("--calibration-limit", type=int, default=-1,
+                     help="first N dev pairs used to calibrate; 0: all [default: --limit, so the "
+                          "dev cache holds as many entries as the test one]")
+    sav.add_argument("--target-precision", type=float, default=0.90,
+                     help="calibrate each workload's threshold to this precision on its dev "
+                          "pairs [default 0.90]")
+    sav.add_argument("--fixed-threshold", type=float, default=None,
+                     help="use this threshold instead of calibrating")
+    sav.add_argument("--static", type=_floats, default=[0.80, 0.85, 0.90, 0.95],
+                     help="static thresholds reported as baselines [default 0.80,0.85,0.90,0.95]")
+    sav.add_argument("--floor", type=float, default=0.50,
+                     help="lowest threshold of the one-pass sweep [default 0.50]")
+    sav.add_argument("--prices", type=Path, default=None, help="JSON price table (semcache/bench_prices.py)")
+    sav.add_argument("--out", type=Path, default=Path("bench/results"),
+                     help="directory for savings.json, savings.md [default bench/results]")
+    sav.add_argument("--plots", type=Path, default=None, help="directory for the PNG plots [default --out]")
+    sav.add_argument("--readme", type=Path, default=None,
+                     help="also write the table into this README's savings block")
+    sav.add_argument("--concurrency", type=int, default=1,
+                     help="requests in flight; above 1, measured latencies include queueing "
+                          "[default 1]")
+    sav.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_arguments(sav, _BENCH_SETTINGS)
+
+    cal = sub.add_parser(
+        "calibrate", help="pick the similarity threshold for a target precision from labeled pairs",
+        description="Chooses the lowest threshold whose precision on the dev pairs reaches the "
+                    "target (cache protocol, computed with the cache's embedder), and reports it "
+                    "on the test pairs. Dev/test: sha256(first text) %% 4 == 0 is test.")
+    cal.add_argument("--pairs", action="append", type=Path, required=True,
+                     help="QQP .jsonl.gz, langcache .csv or gptcache .json (repeatable)")
+    cal.add_argument("--target-precision", type=float, required=True)
+    cal.add_argument("--limit", type=_limit, default=None,
+                     help="first N pairs of each split [default all]")
+    cal.add_argument("--write-env", type=Path, default=None,
+                     help="set SEMCACHE_THRESHOLD in this env file (semcache serve --env-file FILE)")
+    cal.add_argument("--no-progress", action="store_true")
+    add_arguments(cal, ["embedding_model", "embedding_device", "embedding_threads", "log_level"])
+
+
+def _run_bench_command(args: argparse.Namespace, settings: Settings,
+                       argv: Sequence[str] | None) -> int:
+    from .embedding import load_embedder
+
+    for noisy in ("httpx", "httpx2", "openai", "matplotlib"):  # one line per request otherwise
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    if args.command == "bench":
+        from .bench_savings import SavingsConfig, run_savings
+
+        cfg = SavingsConfig(
+            data=args.data, workloads=args.workload or ([] if args.log else ["qqp", "langcache"]),
+            logs=args.log, limit=args.limit,
+            calibration_limit=(args.limit if args.calibration_limit < 0
+                               else _limit(str(args.calibration_limit))),
+            target_precision=args.target_precision, threshold=args.fixed_threshold,
+            static=args.static, floor=args.floor, prices=args.prices, out=args.out,
+            plots=args.plots, readme=args.readme, concurrency=args.concurrency,
+            progress=not args.no_progress and sys.stderr.isatty(),
+            command="semcache " + " ".join(sys.argv[1:] if argv is None else argv))
+        run_savings(cfg, settings)
+        return 0
+
+    from .calibrate import calibrate
+    from .settings import write_env_file
+
+    embedder = load_embedder(settings.embedding_model, device=settings.embedding_device,
+                             threads=settings.embedding_threads)
+    result = calibrate(args.pairs, args.target_precision, embedder, limit=args.limit,
+                       progress=not args.no_progress and sys.stderr.isatty(),
+                       guard=settings.near_miss_guard)
+    print(result.summary())
+    if result.threshold is None:
+        return 1
+    if args.write_env is not None:
+        write_env_file(args.write_env, {"SEMCACHE_THRESHOLD": f"{result.threshold:.3f}"})
+        print(f"wrote SEMCACHE_THRESHOLD={result.threshold:.3f} to {args.write_env} "
+              f"(semcache serve --env-file {args.write_env})")
     return 0

@@ -16,7 +16,11 @@ Behaviour can be steered per request with headers (or for every request with
   ``tool_calls`` (finish reason ``tool_calls``), ``garbage`` (200 with a non-JSON body);
 * ``X-Fake-Answer: <text>`` — answer this text instead of the derived one.
 
-``answer_for`` decides the answer text; benchmarks replace it (e.g. answers by label).
+``answer_for`` decides the answer text; benchmarks replace it with
+:func:`answer_by_label`, which answers by the label a request carries in
+``metadata.label`` (a body field the cache leaves out of its keys): requests that share a
+label get the same answer, so a cache hit that served another label's answer is
+detectably wrong.
 """
 
 from __future__ import annotations
@@ -33,7 +37,10 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["FakeConfig", "FakeStats", "make_fake_app", "answer_text", "count_tokens", "STATS"]
+__all__ = ["FakeConfig", "FakeStats", "make_fake_app", "answer_text", "count_tokens", "STATS",
+           "LABEL_KEY", "label_answer", "answer_by_label", "prompt_tokens"]
+
+LABEL_KEY = "label"  # the ``metadata`` key that carries a benchmark request's label
 
 
 def count_tokens(text: str) -> int:
@@ -45,6 +52,34 @@ def answer_text(prompt: str) -> str:
     """The default deterministic answer for a prompt."""
     tag = hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:12]
     return f"Answer {tag}: a deterministic reply to {prompt[:60]!r}."
+
+
+_FILLER = ("the answer explains the reasoning step by step, names the assumptions, gives a "
+           "worked example, and ends with a short summary of what to do next").split()
+
+
+def label_answer(label: str) -> str:
+    """The answer every request labeled ``label`` receives: deterministic, distinct per
+    label, and of a realistic length — 100 to 300 completion tokens by :func:`count_tokens`
+    (chosen from the label's digest), so token and money arithmetic is not dominated by
+    toy-sized answers."""
+    digest = hashlib.sha256(label.encode("utf-8")).hexdigest()
+    tokens = 100 + int(digest[:8], 16) % 201
+    head = f"Answer {digest[:12]} for label {label[:40]!r}:"
+    words, i = [head], 0
+    while len(" ".join(words)) < tokens * 4 - 3:
+        words.append(_FILLER[i % len(_FILLER)])
+        i += 1
+    text = " ".join(words)[: tokens * 4 - 3].rstrip()
+    return text + "." * (tokens * 4 - 3 - len(text))
+
+
+def answer_by_label(prompt: str, body: dict[str, Any]) -> str:
+    """``answer_for`` that answers by ``body["metadata"]["label"]`` (see
+    :func:`label_answer`); requests without a label get the default answer of their text."""
+    meta = body.get("metadata")
+    label = meta.get(LABEL_KEY) if isinstance(meta, dict) else None
+    return label_answer(str(label)) if label is not None else answer_text(prompt)
 
 
 @dataclass
@@ -96,6 +131,11 @@ def _prompt_of(path: str, body: dict[str, Any]) -> str:
         return ""
     prompt = body.get("prompt", "")
     return prompt if isinstance(prompt, str) else json.dumps(prompt)
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """The ``prompt_tokens`` the fake bills for a chat or completions ``body``."""
+    return _context_tokens(body)
 
 
 def _context_tokens(body: dict[str, Any]) -> int:

@@ -2,8 +2,10 @@
 
 Every setting is declared exactly once, as a field of :class:`Settings` with its type,
 default, parser and help text.  A frozen :class:`Settings` is built from (in rising precedence) the
-defaults, ``SEMCACHE_<NAME>`` environment variables and command-line flags
-``--<name-with-dashes>``.  No other module of semcache reads ``os.environ``.
+defaults, an env file (``--env-file`` / ``SEMCACHE_ENV_FILE``: ``SEMCACHE_<NAME>=value``
+lines, e.g. the threshold ``semcache calibrate --write-env`` chose), ``SEMCACHE_<NAME>``
+environment variables and command-line flags ``--<name-with-dashes>``.  No other module
+of semcache reads ``os.environ``.
 
 The two extension switches (``SEMCACHE_NO_EXTENSIONS``, ``SEMCACHE_REQUIRE_EXTENSIONS``)
 are process-wide and read by :func:`extension_policy`, because they decide which code is
@@ -23,7 +25,8 @@ from typing import Any, Literal
 from .budgets import Budget, parse_budgets
 from .errors import ConfigError
 
-__all__ = ["Settings", "Spec", "specs", "setting", "extension_policy", "add_arguments", "ENV_PREFIX"]
+__all__ = ["Settings", "Spec", "specs", "setting", "extension_policy", "add_arguments", "ENV_PREFIX",
+           "read_env_file", "write_env_file"]
 
 ENV_PREFIX = "SEMCACHE_"
 
@@ -152,6 +155,9 @@ class Settings:
     budgets: tuple[Budget, ...] = setting(
         (), "daily upstream budgets per namespace, e.g. 'team-a=200000,team-b=$5,*=1m' "
         "(tokens, or $ for US dollars; UTC days)", parse_budgets)
+    env_file: Path | None = setting(
+        None, "file of SEMCACHE_NAME=value lines read before the environment "
+        "(e.g. written by semcache calibrate --write-env)", _opt_path)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -162,17 +168,26 @@ class Settings:
         args: argparse.Namespace | Mapping[str, Any] | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
-        """Defaults < ``SEMCACHE_*`` environment < explicit ``args`` (None values ignored).
+        """Defaults < env file < ``SEMCACHE_*`` environment < explicit ``args`` (None
+        values ignored).  The env file is named by ``args["env_file"]`` or
+        ``SEMCACHE_ENV_FILE``.
 
-        Raises :class:`ConfigError` naming the variable or flag whose text does not parse.
+        Raises :class:`ConfigError` naming the variable, flag or file line whose text
+        does not parse.
         """
         env = os.environ if environ is None else environ
+        given = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
         values: dict[str, Any] = {}
+        env_file = given.get("env_file") or env.get(ENV_PREFIX + "ENV_FILE")
+        if env_file:
+            for name, (text, where) in _read_env_file(Path(env_file)).items():
+                spec = _spec_named(name)
+                if spec.name != "env_file":
+                    values[spec.name] = _parse(spec, text, where)
         for spec in specs():
             raw = env.get(spec.env)
             if raw is not None:
                 values[spec.name] = _parse(spec, raw, spec.env)
-        given = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
         by_name = {s.name: s for s in specs()}
         for name, value in given.items():
             if name in by_name and value is not None:
@@ -205,6 +220,73 @@ def specs() -> tuple[Spec, ...]:
         Spec(f.name, f.metadata["parse"], f.default, f.metadata["help"], f.metadata["secret"])
         for f in dataclasses.fields(Settings)
     )
+
+
+def _spec_named(env_name: str) -> Spec:
+    for spec in specs():
+        if spec.env == env_name:
+            return spec
+    raise KeyError(env_name)
+
+
+def _read_env_file(path: Path) -> dict[str, tuple[str, str]]:
+    """``{SEMCACHE_NAME: (value, "file:line NAME")}`` from an env file.
+
+    Lines are ``NAME=value`` (an ``export`` prefix and one pair of surrounding quotes
+    are allowed); blank lines and ``#`` comments are skipped.  Raises
+    :class:`ConfigError` naming the file and line of a malformed line or unknown name.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("env_file", str(path), f"cannot be read ({exc.strerror or exc})") from None
+    known = {spec.env for spec in specs()}
+    out: dict[str, tuple[str, str]] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        name, sep, value = stripped.removeprefix("export ").partition("=")
+        name, value = name.strip(), value.strip()
+        where = f"{path}:{lineno}"
+        if not sep or not name:
+            raise ConfigError(where, line, "expected NAME=value")
+        if name not in known:
+            raise ConfigError(where, name, f"not a semcache setting (names start with {ENV_PREFIX})")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[name] = (value, f"{where} {name}")
+    return out
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The ``SEMCACHE_NAME -> value`` lines of an env file (see :meth:`Settings.load`)."""
+    return {name: value for name, (value, _) in _read_env_file(Path(path)).items()}
+
+
+def write_env_file(path: Path, updates: Mapping[str, str]) -> None:
+    """Set ``SEMCACHE_NAME=value`` lines in an env file, keeping its other lines.
+
+    A line already defining a name is replaced in place, new names are appended; the
+    file is created when missing and replaced atomically.  Raises :class:`ConfigError`
+    for a name that is not a setting or a value that does not parse.
+    """
+    path = Path(path)
+    by_env = {spec.env: spec for spec in specs()}
+    for name, value in updates.items():
+        if name not in by_env or name == ENV_PREFIX + "ENV_FILE":
+            raise ConfigError("env_file", name, "not a semcache setting that a file may set")
+        _parse(by_env[name], value, name)
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    pending = dict(updates)
+    for i, line in enumerate(lines):
+        name = line.strip().removeprefix("export ").partition("=")[0].strip()
+        if name in pending:
+            lines[i] = f"{name}={pending.pop(name)}"
+    lines += [f"{name}={value}" for name, value in pending.items()]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _parse(spec: Spec, raw: str, source: str) -> Any:
