@@ -34,8 +34,8 @@ def _pairs(label: int, n: int) -> list[Pair]:
 
 
 async def _replay(wl: Workload, embedder: SentenceTransformerEmbedder, floor: float,
-                  **kw: object) -> Replay:
-    async with running(None, embedder, floor) as servers:
+                  settings: Settings | None = None, **kw: object) -> Replay:
+    async with running(settings, embedder, floor) as servers:
         rep = await replay(wl, servers, floor=floor, **kw)  # type: ignore[arg-type]
         assert servers.upstream_calls == rep.upstream_calls
         return rep
@@ -77,11 +77,15 @@ async def test_pure_hard_negatives_at_a_strict_threshold_give_no_wrong_hits(
     strict = await _replay(wl, embedder, 0.99)  # the sidecar itself asked at 0.99
     m = at_threshold(strict, 0.99, TIERS)
     assert m.positives == 0 and m.wrong_hits == 0 and m.precision == 1.0
-    # the check has teeth: the same negatives at a permissive threshold are served wrongly
-    loose = await _replay(wl, embedder, 0.5)
+    # the check has teeth: the same negatives at a permissive threshold, with the near-miss
+    # guard off, are served wrongly ...
+    loose = await _replay(wl, embedder, 0.5, Settings(near_miss_guard=False))
     assert at_threshold(loose, 0.5, TIERS).wrong_hits >= 12
     assert at_threshold(loose, 0.90, TIERS).wrong_hits >= 1
     assert at_threshold(loose, 0.99, TIERS).wrong_hits == 0
+    # ... and the guard refuses most of them even at that threshold
+    guarded = await _replay(wl, embedder, 0.5)
+    assert at_threshold(guarded, 0.5, TIERS).wrong_hits < at_threshold(loose, 0.5, TIERS).wrong_hits
 
 
 def test_token_and_money_arithmetic_matches_hand_computed_values() -> None:
