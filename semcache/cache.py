@@ -14,22 +14,21 @@ writer thread; the in-memory index and eviction tracker are guarded by locks.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .embedding import Embedder, load_embedder
-from .errors import InvalidRequestError
+from .embedding import Embedder, backend_of, load_embedder
+from .errors import EmbeddingError, InvalidRequestError, SemcacheError
 from .eviction import EvictionTracker
 from .index import ScopedIndex
 from .keys import CacheRequest, derive_namespace
+from .memo import VectorMemo
 from .settings import Settings
 from .store import EntryRecord, Store
 
@@ -67,9 +66,11 @@ class Hit:
 class SemanticCache:
     """A semantic cache over the store in ``settings.data_dir``.
 
-    ``embedder`` defaults to the configured sentence-transformers model.  ``clock`` gives
-    seconds since the epoch (tests pass their own to move time).  Opening rebuilds the
-    index from the store and drops entries that expired while it was closed.
+    ``embedder`` defaults to the configured model and backend (:func:`load_embedder`;
+    with ``embedding_backend=auto`` an existing store keeps the backend it was built
+    with, and a new one gets the fastest).  ``clock`` gives seconds since the epoch (tests
+    pass their own to move time).  Opening rebuilds the index from the store and drops
+    entries that expired while it was closed.
     """
 
     def __init__(
@@ -78,8 +79,9 @@ class SemanticCache:
     ) -> None:
         self.settings = settings or Settings()
         self.embedder = embedder or load_embedder(
-            self.settings.embedding_model, device=self.settings.embedding_device,
-            threads=self.settings.embedding_threads)
+            self.settings.embedding_model, backend=self._backend(),
+            device=self.settings.embedding_device, threads=self.settings.embedding_threads,
+            cache_dir=self.settings.model_dir)
         self.clock = clock
         self.store_db = Store(
             self.settings.data_dir, embedder=self.embedder.name, dim=self.embedder.dim,
@@ -88,14 +90,22 @@ class SemanticCache:
         self.tracker = EvictionTracker(self.settings.eviction)
         self._lock = threading.Lock()
         self._pending_hits: dict[int, tuple[float, int]] = {}
-        self._memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
-        self._memo_lock = threading.Lock()
+        self.memo = VectorMemo(_VECTOR_MEMO)
         self.evictions = 0
         self.expirations = 0
         self._closed = False
         self._rebuild()
 
     # ----------------------------------------------------------------- lifecycle
+    def _backend(self) -> str:
+        """The configured backend; for ``auto``, the one the existing store was built
+        with (so an upgrade that changes the default does not orphan a store)."""
+        configured = self.settings.embedding_backend
+        if configured != "auto":
+            return configured
+        recorded = Store.recorded_embedder(self.settings.data_dir)
+        return (backend_of(recorded) if recorded else None) or configured
+
     def _rebuild(self) -> None:
         now = self.clock()
         expired: list[int] = []
@@ -144,20 +154,21 @@ class SemanticCache:
         return CacheRequest.from_body(endpoint, body, namespace=namespace)
 
     def embed(self, text: str) -> np.ndarray:
-        """The unit vector of ``text``; recent texts are served from a small memo."""
-        key = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-        with self._memo_lock:
-            vec = self._memo.get(key)
-            if vec is not None:
-                self._memo.move_to_end(key)
-                return vec
-        vec = self.embedder.embed([text])[0]
-        vec.setflags(write=False)
-        with self._memo_lock:
-            self._memo[key] = vec
-            if len(self._memo) > _VECTOR_MEMO:
-                self._memo.popitem(last=False)
-        return vec
+        """The unit vector of ``text`` (read-only); texts embedded recently come from the
+        memo.  Blocks for a forward pass otherwise.
+
+        Raises :class:`EmbeddingError` when the backend fails (callers fail open)."""
+        vec = self.memo.get(text)
+        if vec is not None:
+            return vec
+        try:
+            out = self.embedder.embed([text])
+        except SemcacheError:
+            raise
+        except Exception as exc:
+            raise EmbeddingError(
+                f"{self.embedder.name}: embedding failed: {type(exc).__name__}: {exc}") from exc
+        return self.memo.put(text, out[0])
 
     # -------------------------------------------------------------------- lookup
     def lookup(self, req: CacheRequest, *, threshold: float | None = None) -> Hit | None:
@@ -288,4 +299,6 @@ class SemanticCache:
             "scopes": self.index.scopes, "payload_bytes": self.tracker.total_bytes,
             "evictions": self.evictions, "expirations": self.expirations,
             "embedder": self.embedder.name, "dim": self.embedder.dim,
+            "embedding_memo": {"entries": len(self.memo), "hits": self.memo.hits,
+                               "misses": self.memo.misses},
         }

@@ -17,7 +17,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semcache", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="store a few answers and look up paraphrases and near-misses")
-    add_arguments(demo, ["threshold", "embedding_model", "embedding_device"])
+    add_arguments(demo, ["threshold", "embedding_model", "embedding_backend", "embedding_device"])
+    export = sub.add_parser(
+        "export-model", help="export the embedding model to ONNX (fp32 and int8) ahead of first use")
+    add_arguments(export, ["data_dir", "embedding_model", "embedding_cache_dir"])
+    export.add_argument("--force", action="store_true", help="export again even if a current export exists")
     return parser
 
 
@@ -31,6 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import run_demo
 
             return run_demo(settings)
+        if args.command == "export-model":
+            from .embedding_onnx import export_command
+
+            return export_command(settings, force=args.force)
     except SemcacheError as exc:
         print(f"semcache: error: {exc}", file=sys.stderr)
         return 2

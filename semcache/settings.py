@@ -22,9 +22,12 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "Spec", "specs", "setting", "extension_policy", "add_arguments", "ENV_PREFIX"]
+__all__ = ["Settings", "Spec", "specs", "setting", "extension_policy", "add_arguments", "ENV_PREFIX",
+           "EMBEDDING_BACKENDS"]
 
 ENV_PREFIX = "SEMCACHE_"
+#: Values of ``embedding_backend`` (see :mod:`semcache.embedding`).
+EMBEDDING_BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 
 
 @dataclass(frozen=True)
@@ -106,9 +109,19 @@ class Settings:
         "default",
         "sentence-transformers model name or local path; 'default' is the packaged all-MiniLM-L6-v2",
         str)
-    embedding_device: str = setting("cpu", "torch device for the embedding model", str)
+    embedding_backend: str = setting(
+        "auto",
+        "embedding backend: torch (sentence-transformers, the reference), onnx (ONNX Runtime, "
+        "fp32), onnx-int8 (int8 dynamic quantisation), or auto (the store's own backend, "
+        "else the fastest that passes its quality check)",
+        str)
+    embedding_device: str = setting(
+        "cpu", "torch device for the embedding model (the onnx backends run on the cpu)", str)
     embedding_threads: int = setting(
-        0, "intra-op threads for the embedding model (0: library default)", int)
+        0, "intra-op threads of one forward pass (0: the CPUs available, at most 4)", int)
+    embedding_cache_dir: Path | None = setting(
+        None, "directory of the locally exported ONNX models (default: <data_dir>/models)",
+        lambda text: Path(text) if text else None)
     # --- sidecar server
     upstream: str = setting(
         "http://127.0.0.1:4000",
@@ -159,6 +172,11 @@ class Settings:
                 values[name] = _parse(spec, value, spec.flag) if isinstance(value, str) else value
         return cls(**values)
 
+    @property
+    def model_dir(self) -> Path:
+        """Where ONNX exports are cached: ``embedding_cache_dir``, else ``data_dir/models``."""
+        return Path(self.embedding_cache_dir or Path(self.data_dir) / "models")
+
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
@@ -201,6 +219,11 @@ def _validate(s: Settings) -> None:
             raise ConfigError(name, getattr(s, name), "must be at least 1")
     if s.eviction not in ("lru", "lfu"):
         raise ConfigError("eviction", s.eviction, "must be 'lru' or 'lfu'")
+    if s.embedding_backend not in EMBEDDING_BACKENDS:
+        raise ConfigError("embedding_backend", s.embedding_backend,
+                          "must be one of " + ", ".join(EMBEDDING_BACKENDS))
+    if s.embedding_threads < 0:
+        raise ConfigError("embedding_threads", s.embedding_threads, "must be 0 or more")
     if not 0 < s.port < 65536:
         raise ConfigError("port", s.port, "must be a TCP port number")
     for name in ("lookup_timeout", "upstream_timeout", "upstream_connect_timeout"):

@@ -30,6 +30,7 @@ def test_precedence_defaults_env_flags() -> None:
     ({"SEMCACHE_EVICTION": "fifo"}, "eviction"),
     ({"SEMCACHE_UPSTREAM": "ftp://x"}, "upstream"),
     ({"SEMCACHE_MAX_ENTRIES": "0"}, "max_entries"),
+    ({"SEMCACHE_EMBEDDING_BACKEND": "tensorrt"}, "embedding_backend"),
 ])
 def test_bad_values_name_the_setting_and_value(env: dict[str, str], name: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -41,3 +42,11 @@ def test_every_field_has_help_and_secrets_are_masked() -> None:
     assert all(s.help for s in specs())
     s = Settings(admin_token="hunter2")
     assert s.public()["admin_token"] == "***" and "hunter2" not in repr(s)
+
+
+def test_embedding_defaults_and_the_export_directory() -> None:
+    s = Settings.load({}, {"SEMCACHE_DATA_DIR": "/srv/cache"})
+    assert s.embedding_backend == "auto"
+    assert s.model_dir == Path("/srv/cache/models")
+    moved = Settings.load({}, {"SEMCACHE_EMBEDDING_CACHE_DIR": "/opt/models"})
+    assert moved.model_dir == Path("/opt/models")
