@@ -7,9 +7,11 @@
 A found entry is served only after its stored scope is compared with the request's and
 its expiry with the clock, so a stale or foreign index row can never leak an answer.
 
-Thread safety: every method may be called from any thread.  Embedding runs on the calling
-thread (the web layer calls from its embedding executor); LMDB writes run on the store's
-writer thread; the in-memory index and eviction tracker are guarded by locks.
+Thread safety: every method may be called from any thread.  :meth:`SemanticCache.embed`
+runs the forward pass on the calling thread; the web layer instead embeds through
+:meth:`SemanticCache.batcher` (forward passes on the batcher's executor thread, shared by
+concurrent requests) and passes the vectors in.  LMDB writes run on the store's writer
+thread; the in-memory index and eviction tracker are guarded by locks.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .batching import MicroBatcher
 from .embedding import Embedder, backend_of, load_embedder
 from .errors import EmbeddingError, InvalidRequestError, SemcacheError
 from .eviction import EvictionTracker
@@ -154,8 +157,8 @@ class SemanticCache:
         return CacheRequest.from_body(endpoint, body, namespace=namespace)
 
     def embed(self, text: str) -> np.ndarray:
-        """The unit vector of ``text`` (read-only); texts embedded recently come from the
-        memo.  Blocks for a forward pass otherwise.
+        """The unit vector of ``text`` (read-only); texts embedded recently, here or by
+        :meth:`batcher`, come from the memo.  Blocks for a forward pass otherwise.
 
         Raises :class:`EmbeddingError` when the backend fails (callers fail open)."""
         vec = self.memo.get(text)
@@ -169,6 +172,15 @@ class SemanticCache:
             raise EmbeddingError(
                 f"{self.embedder.name}: embedding failed: {type(exc).__name__}: {exc}") from exc
         return self.memo.put(text, out[0])
+
+    def batcher(self, *, executor: Any = None) -> MicroBatcher:
+        """A new :class:`MicroBatcher` over this cache's embedder and memo, sized by the
+        settings (``embedding_batch_max``, ``embedding_batch_wait_ms``).  Use one per
+        event loop and close it when done; ``executor`` as in :class:`MicroBatcher`."""
+        return MicroBatcher(
+            self.embedder.embed, max_batch=self.settings.embedding_batch_max,
+            max_wait=self.settings.embedding_batch_wait_ms / 1000.0, executor=executor,
+            memo=self.memo)
 
     # -------------------------------------------------------------------- lookup
     def lookup(self, req: CacheRequest, *, threshold: float | None = None) -> Hit | None:

@@ -122,6 +122,11 @@ class Settings:
     embedding_cache_dir: Path | None = setting(
         None, "directory of the locally exported ONNX models (default: <data_dir>/models)",
         lambda text: Path(text) if text else None)
+    embedding_batch_max: int = setting(
+        32, "most queries that share one forward pass when they arrive together", int)
+    embedding_batch_wait_ms: float = setting(
+        2.0, "longest a query waits for others to join its batch while they keep arriving "
+        "(milliseconds; a query that arrives alone is never held)", float)
     # --- sidecar server
     upstream: str = setting(
         "http://127.0.0.1:4000",
@@ -224,6 +229,11 @@ def _validate(s: Settings) -> None:
                           "must be one of " + ", ".join(EMBEDDING_BACKENDS))
     if s.embedding_threads < 0:
         raise ConfigError("embedding_threads", s.embedding_threads, "must be 0 or more")
+    if s.embedding_batch_max < 1:
+        raise ConfigError("embedding_batch_max", s.embedding_batch_max, "must be at least 1")
+    if not 0.0 <= s.embedding_batch_wait_ms <= 1000.0:
+        raise ConfigError("embedding_batch_wait_ms", s.embedding_batch_wait_ms,
+                          "must be between 0 and 1000 milliseconds")
     if not 0 < s.port < 65536:
         raise ConfigError("port", s.port, "must be a TCP port number")
     for name in ("lookup_timeout", "upstream_timeout", "upstream_connect_timeout"):

@@ -31,6 +31,8 @@ def test_precedence_defaults_env_flags() -> None:
     ({"SEMCACHE_UPSTREAM": "ftp://x"}, "upstream"),
     ({"SEMCACHE_MAX_ENTRIES": "0"}, "max_entries"),
     ({"SEMCACHE_EMBEDDING_BACKEND": "tensorrt"}, "embedding_backend"),
+    ({"SEMCACHE_EMBEDDING_BATCH_MAX": "0"}, "embedding_batch_max"),
+    ({"SEMCACHE_EMBEDDING_BATCH_WAIT_MS": "-1"}, "embedding_batch_wait_ms"),
 ])
 def test_bad_values_name_the_setting_and_value(env: dict[str, str], name: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -46,7 +48,7 @@ def test_every_field_has_help_and_secrets_are_masked() -> None:
 
 def test_embedding_defaults_and_the_export_directory() -> None:
     s = Settings.load({}, {"SEMCACHE_DATA_DIR": "/srv/cache"})
-    assert s.embedding_backend == "auto"
+    assert (s.embedding_backend, s.embedding_batch_max, s.embedding_batch_wait_ms) == ("auto", 32, 2.0)
     assert s.model_dir == Path("/srv/cache/models")
     moved = Settings.load({}, {"SEMCACHE_EMBEDDING_CACHE_DIR": "/opt/models"})
     assert moved.model_dir == Path("/opt/models")
