@@ -1,4 +1,4 @@
-# semcache: `make install` once on a fresh machine, then `make demo`, `make test`.
+# semcache: `make run` (installs, then starts the sidecar), `make test` (installs, then tests).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install build demo serve test test-native test-python lint bench clean
+.PHONY: install build run demo test test-native test-python lint bench clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ install: $(VENV)/.installed build
 build: $(VENV)/.installed
 	$(PY) setup.py -q build_ext --inplace
 
+# the main job: the sidecar on 127.0.0.1:8080 in front of the bundled fake upstream
+run: install
+	$(PY) -m semcache quickstart
+
+# the cache as a library, without HTTP
 demo: install
 	$(PY) -m semcache demo
 

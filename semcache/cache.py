@@ -5,7 +5,8 @@
     CacheRequest -> exact lookup (LMDB) -> embed -> scoped index search -> re-check -> Hit
 
 A found entry is served only after its stored scope is compared with the request's and
-its expiry with the clock, so a stale or foreign index row can never leak an answer.
+its expiry with the clock, so a stale or foreign index row can never leak an answer; a
+semantic match must also pass the near-miss guard (:mod:`semcache.guard`).
 
 Thread safety: every method may be called from any thread.  :meth:`SemanticCache.embed`
 runs the forward pass on the calling thread; the web layer instead embeds through
@@ -29,6 +30,7 @@ from .batching import MicroBatcher
 from .embedding import Embedder, backend_of, load_embedder
 from .errors import EmbeddingError, InvalidRequestError, SemcacheError
 from .eviction import EvictionTracker
+from .guard import conflict
 from .index import ScopedIndex
 from .keys import CacheRequest, derive_namespace
 from .memo import VectorMemo
@@ -91,11 +93,16 @@ class SemanticCache:
             map_size=self.settings.map_size, sync=self.settings.sync)
         self.index = ScopedIndex(self.embedder.dim, flat_limit=self.settings.flat_limit)
         self.tracker = EvictionTracker(self.settings.eviction)
+        # _write_lock serialises mutations (store, delete, evict, sweep) and may be held
+        # across an LMDB commit; _lock guards the tracker and hit counts for microseconds
+        # only, because the event loop takes it on every hit.
+        self._write_lock = threading.Lock()
         self._lock = threading.Lock()
         self._pending_hits: dict[int, tuple[float, int]] = {}
         self.memo = VectorMemo(_VECTOR_MEMO)
         self.evictions = 0
         self.expirations = 0
+        self.guard_rejections = 0
         self._closed = False
         self._rebuild()
 
@@ -213,6 +220,11 @@ class SemanticCache:
 
     def _serve(self, entry_id: int, req: CacheRequest, match: str, sim: float) -> Hit | None:
         rec = self.store_db.get(entry_id)
+        if (match == "semantic" and rec is not None and self.settings.near_miss_guard
+                and req.semantic_text and rec.text
+                and conflict(req.semantic_text, rec.text) is not None):
+            self.guard_rejections += 1
+            return None
         now = self.clock()
         # re-check: the index is derived state; the store decides.
         if rec is None or rec.scope != req.scope or rec.namespace != req.namespace:
@@ -253,47 +265,51 @@ class SemanticCache:
             scope=req.scope, exact=req.exact, namespace=req.namespace, endpoint=req.endpoint,
             model=req.model, text=req.semantic_text, body=body, usage=usage, created=now,
             expires=now + life if life is not None else None)
-        with self._lock:  # one store at a time keeps index, tracker and LMDB in step
-            self._evict_locked(len(body))
+        with self._write_lock:  # one mutation at a time keeps index, tracker and LMDB in step
+            with self._lock:
+                victims = self.tracker.victims(
+                    self.settings.max_entries - 1, self.settings.max_bytes, len(body))
+            if victims:
+                self._drop(victims)
+                self.evictions += len(victims)
             entry_id, meta, replaced = self.store_db.put(record, vec)
             for old in replaced:
                 self.index.remove(old)
-                self.tracker.remove(old)
             if vec is not None:
                 self.index.add(req.scope, entry_id, vec, record.expires)
-            self.tracker.add(entry_id, meta.size, record.expires)
+            with self._lock:
+                for old in replaced:
+                    self.tracker.remove(old)
+                self.tracker.add(entry_id, meta.size, record.expires)
         return entry_id
 
-    def _evict_locked(self, incoming: int) -> None:
-        victims = self.tracker.victims(
-            self.settings.max_entries - 1, self.settings.max_bytes, incoming)
-        if victims:
-            self._drop_locked(victims)
-            self.evictions += len(victims)
-
-    def _drop_locked(self, ids: list[int]) -> list[int]:
+    def _drop(self, ids: list[int]) -> list[int]:
+        """Delete ``ids`` from LMDB, then index and tracker.  Caller holds _write_lock."""
         gone = self.store_db.delete(ids)
         for entry_id in ids:  # also ids already gone from LMDB (e.g. another process)
             self.index.remove(entry_id)
-            self.tracker.remove(entry_id)
-            self._pending_hits.pop(entry_id, None)
+        with self._lock:
+            for entry_id in ids:
+                self.tracker.remove(entry_id)
+                self._pending_hits.pop(entry_id, None)
         return gone
 
     # ------------------------------------------------------------- maintenance
     def delete(self, entry_id: int) -> bool:
         """Remove one entry from store and index; False when it did not exist."""
-        with self._lock:
-            return bool(self._drop_locked([entry_id]))
+        with self._write_lock:
+            return bool(self._drop([entry_id]))
 
     def sweep(self) -> int:
         """Remove expired entries from store and index; returns how many."""
         removed = 0
-        with self._lock:
+        with self._write_lock:
             while True:
-                ids = self.tracker.expired(self.clock())
+                with self._lock:
+                    ids = self.tracker.expired(self.clock())
                 if not ids:
                     break
-                self._drop_locked(ids)
+                self._drop(ids)
                 removed += len(ids)
         self.expirations += removed
         return removed
@@ -310,6 +326,7 @@ class SemanticCache:
             "entries": len(self.tracker), "indexed": len(self.index),
             "scopes": self.index.scopes, "payload_bytes": self.tracker.total_bytes,
             "evictions": self.evictions, "expirations": self.expirations,
+            "guard_rejections": self.guard_rejections,
             "embedder": self.embedder.name, "dim": self.embedder.dim,
             "embedding_memo": {"entries": len(self.memo), "hits": self.memo.hits,
                                "misses": self.memo.misses},

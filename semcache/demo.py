@@ -32,6 +32,7 @@ QUESTIONS = [
     ("How can I reverse a string in python", "paraphrase"),
     ("python reverse sort list", "near-miss"),
     ("What is the population of France?", "near-miss"),
+    ("download TensorFlow 2.13 wheels", "near-miss"),  # cosine 0.98: the guard refuses it
     ("download TensorFlow 2.12 wheels", "exact repeat"),
 ]
 

@@ -252,7 +252,7 @@ class OnnxEmbedder:
 
     def __init__(
         self, model: str = "default", *, cache_dir: str | os.PathLike[str], quantize: bool = True,
-        threads: int = 0,
+        threads: int = 1,
     ) -> None:
         layout = _layout(model)
         self.backend = "onnx-int8" if quantize else "onnx"

@@ -99,6 +99,9 @@ class Settings:
         1_000_000, "entry cap; least recently used entries are evicted past it", int)
     max_bytes: int = setting(2 << 30, "cap on stored payload bytes (suffixes k, m, g)", _size)
     eviction: str = setting("lru", "eviction policy: lru or lfu", str)
+    near_miss_guard: bool = setting(
+        True, "refuse semantic matches whose numbers, dates, units, opposites, negation, "
+        "languages, formats or platforms differ (semcache/guard.py)", _bool)
     flat_limit: int = setting(
         4096, "scopes up to this many entries are searched by exact scan, larger by FAISS", int)
     map_size: int = setting(8 << 30, "LMDB map size: the most the store file may grow to", _size)
@@ -118,7 +121,8 @@ class Settings:
     embedding_device: str = setting(
         "cpu", "torch device for the embedding model (the onnx backends run on the cpu)", str)
     embedding_threads: int = setting(
-        0, "intra-op threads of one forward pass (0: the CPUs available, at most 4)", int)
+        1, "intra-op threads of one forward pass (0: the CPUs available, at most 4); one keeps "
+        "a sidecar's latency steady beside a busy application", int)
     embedding_cache_dir: Path | None = setting(
         None, "directory of the locally exported ONNX models (default: <data_dir>/models)",
         lambda text: Path(text) if text else None)

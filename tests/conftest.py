@@ -196,3 +196,79 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+# ---------------------------------------------------------------- HTTP fixtures
+from semcache.fake_upstream import CONFIG as FAKE_CONFIG  # noqa: E402
+from semcache.fake_upstream import STATS as FAKE_STATS  # noqa: E402
+from semcache.fake_upstream import FakeConfig, FakeStats, make_fake_app  # noqa: E402
+from semcache.web_app import make_app  # noqa: E402
+from semcache.web_runtime import RUNTIME, Runtime  # noqa: E402
+from tests.servers import ThreadedApp  # noqa: E402
+
+
+class Fake:
+    """A running fake upstream: ``url``, call ``stats`` and its ``config``."""
+
+    def __init__(self, server: ThreadedApp) -> None:
+        self.server = server
+        self.url = server.url
+        self.stats: FakeStats = server.app[FAKE_STATS]
+        self.config: FakeConfig = server.app[FAKE_CONFIG]
+
+
+@pytest.fixture
+def fake() -> Iterator[Fake]:
+    server = ThreadedApp(make_fake_app()).start()
+    yield Fake(server)
+    server.stop()
+
+
+class Sidecar:
+    """A running sidecar app: ``url`` (without /v1), ``runtime``, ``settings``."""
+
+    def __init__(self, server: ThreadedApp) -> None:
+        self.server = server
+        self.url = server.url
+        self.runtime: Runtime = server.app[RUNTIME]
+
+    def wait_stores(self) -> None:
+        """Wait until background stores are committed."""
+        import time
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if not self.server.call(lambda: len(self.runtime.background)):
+                return
+            time.sleep(0.01)
+        raise TimeoutError("background stores did not finish")
+
+
+SidecarFactory = Callable[..., Sidecar]
+
+
+@pytest.fixture
+def start_sidecar(tmp_path: Path, embedder: SentenceTransformerEmbedder,
+                  fake: Fake) -> Iterator[SidecarFactory]:
+    """Start sidecars in front of ``fake`` on the shared real model; stopped after the test."""
+    import time
+
+    started: list[ThreadedApp] = []
+
+    def factory(*, embedder_: Any = None, **overrides: Any) -> Sidecar:
+        # a generous lookup budget: a shared, loaded machine must not turn hits into
+        # fail-open misses (the budget itself is tested with its own setting)
+        settings = Settings(data_dir=tmp_path / "sidecar", upstream=fake.url, sync=False,
+                            lookup_timeout=10.0).replace(**overrides)
+        server = ThreadedApp(make_app(settings, embedder=embedder_ or embedder)).start()
+        started.append(server)
+        rt = server.app[RUNTIME]
+        deadline = time.monotonic() + 120
+        while rt.cache is None and rt.load_error is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert rt.cache is not None, rt.load_error
+        return Sidecar(server)
+
+    yield factory
+    for server in started:
+        server.stop()

@@ -21,4 +21,4 @@ def test_demo_hits_paraphrases_and_misses_near_misses(onnx_export: OnnxExport) -
     assert any(r.startswith("HIT      semantic") and "paraphrase" in r for r in rows)
     assert all(r.startswith("MISS") for r in rows if "near-miss" in r)
     assert all(r.startswith("HIT") for r in rows if "exact repeat" in r)
-    assert len(rows) == 7
+    assert len(rows) == 8

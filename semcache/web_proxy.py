@@ -1,0 +1,362 @@
+"""The proxy handlers: cached endpoints and verbatim passthrough (DESIGN §2-3).
+
+Cached endpoints (``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``):
+
+    read body (limit) -> parse -> controls -> keys -> exact lookup -> semantic lookup
+    (time budget, fail open) -> hit: replay | miss: coalesce -> upstream -> relay
+    (streamed as it arrives) -> admission -> store in the background
+
+Every other ``/v1/*`` path is forwarded verbatim, streaming both ways, never cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from . import admission
+from .cache import Hit
+from .coalesce import Flight
+from .errors import InvalidRequestError, PayloadTooLargeError, UpstreamError, UpstreamTimeoutError
+from .keys import CHAT, EMBEDDINGS, NAMESPACE_HEADER, CacheRequest
+from .settings import Settings
+from .sse import StreamAssembler, replay_events
+from .upstream import response_headers
+from .web_runtime import RUNTIME, Runtime
+
+__all__ = ["cached_endpoint", "passthrough", "Controls"]
+
+log = logging.getLogger("semcache.web")
+
+STATUS = "X-Semcache-Status"
+
+
+@dataclass(frozen=True)
+class Controls:
+    """The request's cache controls, parsed from its headers (DESIGN §2)."""
+
+    no_cache: bool = False
+    no_store: bool = False
+    threshold: float | None = None
+    namespace: str | None = None
+    ttl: float | None = None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str], settings: Settings) -> Controls:
+        """Raises :class:`InvalidRequestError` naming the header for a bad value."""
+        tokens = {t.strip().lower() for t in headers.get("Cache-Control", "").split(",")}
+        threshold = _float_header(headers, "X-Semcache-Threshold")
+        if threshold is not None:
+            if not 0.0 < threshold <= 1.0:
+                raise InvalidRequestError("X-Semcache-Threshold", threshold, "must be in (0, 1]")
+            threshold = max(threshold, settings.threshold_floor)
+        ttl = _float_header(headers, "X-Semcache-TTL")
+        if ttl is not None and ttl <= 0:
+            raise InvalidRequestError("X-Semcache-TTL", ttl, "must be a positive number of seconds")
+        return cls(no_cache="no-cache" in tokens, no_store="no-store" in tokens,
+                   threshold=threshold, namespace=headers.get(NAMESPACE_HEADER), ttl=ttl)
+
+
+def _float_header(headers: Mapping[str, str], name: str) -> float | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequestError(name, raw, "must be a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise InvalidRequestError(name, raw, "must be a finite number")
+    return value
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes (413) early."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise PayloadTooLargeError(declared, limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(size, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(raw: bytes) -> Any:
+    if not raw.strip():
+        raise InvalidRequestError("body", "", "is empty; expected a JSON object")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        snippet = raw[:40].decode("utf-8", "replace")
+        raise InvalidRequestError("body", snippet, f"is not valid JSON ({exc})",
+                                  code="invalid_json") from None
+
+
+# ------------------------------------------------------------------------ lookup
+def _lookup_semantic_before(deadline: float, rt: Runtime, creq: CacheRequest,
+                            threshold: float | None) -> Hit | None:
+    """Runs on the lookup thread; skips work whose caller already gave up."""
+    if time.monotonic() > deadline or rt.cache is None:
+        return None
+    return rt.cache.lookup_semantic(creq, threshold=threshold)
+
+
+async def lookup(rt: Runtime, creq: CacheRequest, threshold: float | None) -> Hit | None:
+    """Exact then semantic lookup within the time budget; any failure is a miss."""
+    cache = rt.cache
+    assert cache is not None
+    budget = rt.settings.lookup_timeout
+    try:
+        hit = cache.lookup_exact(creq)
+        if hit is not None or not creq.semantic_text:
+            return hit
+        loop = asyncio.get_running_loop()
+        work = functools.partial(_lookup_semantic_before, time.monotonic() + budget, rt, creq,
+                                 threshold)
+        return await asyncio.wait_for(loop.run_in_executor(rt.lookup_pool, work), budget)
+    except asyncio.TimeoutError:
+        rt.counters.lookup_timeouts += 1
+        log.warning("lookup over its %.0f ms budget; forwarding uncached", budget * 1000)
+    except Exception as exc:  # fail open: the cache never breaks a working upstream
+        rt.counters.lookup_failures += 1
+        log.warning("lookup failed (%s: %s); forwarding uncached", type(exc).__name__, exc)
+    return None
+
+
+# ------------------------------------------------------------------------ replay
+def _fresh(body: dict[str, Any], endpoint: str) -> dict[str, Any]:
+    if endpoint == EMBEDDINGS:
+        return body
+    prefix = "chatcmpl-" if endpoint == CHAT else "cmpl-"
+    return {**body, "id": prefix + "sc" + uuid.uuid4().hex[:22], "created": int(time.time())}
+
+
+async def respond_with_answer(
+    request: web.Request, creq: CacheRequest, req_body: Mapping[str, Any],
+    answer: dict[str, Any], headers: dict[str, str],
+) -> web.StreamResponse:
+    """Send a complete stored/shared answer, as JSON or as a replayed SSE stream."""
+    body = _fresh(answer, creq.endpoint)
+    if creq.stream and creq.endpoint != EMBEDDINGS:
+        include_usage = bool((req_body.get("stream_options") or {}).get("include_usage"))
+        resp = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        for event in replay_events(body, chat=creq.endpoint == CHAT, include_usage=include_usage):
+            await resp.write(event)
+        await resp.write_eof()
+        return resp
+    return web.json_response(body, headers=headers, dumps=_dumps)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def hit_headers(hit: Hit) -> dict[str, str]:
+    return {STATUS: "hit", "X-Semcache-Match": hit.match,
+            "X-Semcache-Similarity": f"{hit.similarity:.4f}",
+            "X-Semcache-Entry": str(hit.entry_id), "X-Semcache-Age": str(int(hit.age()))}
+
+
+# ------------------------------------------------------------------------ handler
+async def cached_endpoint(request: web.Request) -> web.StreamResponse:
+    """POST /v1/chat/completions, /v1/completions, /v1/embeddings."""
+    rt = request.app[RUNTIME]
+    rt.counters.requests += 1
+    t0 = time.perf_counter()
+    raw = await read_body(request, rt.settings.max_body_bytes)
+    body = parse_json(raw)
+    controls = Controls.from_headers(request.headers, rt.settings)
+    cache = rt.cache
+    if cache is None:  # still loading (or failed to load): plain proxy
+        rt.counters.bypasses += 1
+        return await forward(request, rt, raw, None, body, controls, None, "bypass", t0)
+    namespace = cache.namespace(controls.namespace, request.headers.get("Authorization"))
+    creq = CacheRequest.from_body(request.path, body, namespace=namespace)
+    cacheable = creq.n == 1
+    if not cacheable:
+        rt.counters.bypasses += 1
+        return await forward(request, rt, raw, creq, body, controls, None, "bypass", t0)
+    if not controls.no_cache:
+        hit = await lookup(rt, creq, controls.threshold)  # embeddings: exact only
+        if hit is not None:
+            if hit.match == "exact":
+                rt.counters.hits_exact += 1
+            else:
+                rt.counters.hits_semantic += 1
+            headers = hit_headers(hit)
+            headers["Server-Timing"] = _timing(t0)
+            return await respond_with_answer(request, creq, body, hit.json(), headers)
+        pending = rt.coalescer.pending(creq.exact)
+        if pending is not None:
+            shared = await asyncio.shield(pending)
+            if shared is not None:
+                rt.counters.hits_coalesced += 1
+                return await respond_with_answer(
+                    request, creq, body, shared,
+                    {STATUS: "hit", "X-Semcache-Match": "exact", "X-Semcache-Similarity": "1.0000",
+                     "X-Semcache-Coalesced": "1"})
+        flight = rt.coalescer.begin(creq.exact)
+        rt.counters.misses += 1
+        try:
+            return await forward(request, rt, raw, creq, body, controls, flight, "miss", t0)
+        finally:
+            flight.publish(None)
+            if not flight.held:
+                flight.finish()
+    rt.counters.bypasses += 1
+    return await forward(request, rt, raw, creq, body, controls, None, "bypass", t0)
+
+
+def _timing(t0: float, upstream_start: float | None = None) -> str:
+    """``Server-Timing`` value: time spent in semcache (and waiting for the upstream), ms."""
+    now = time.perf_counter()
+    if upstream_start is None:
+        return f"cache;dur={(now - t0) * 1000:.3f}"
+    return (f"cache;dur={(upstream_start - t0) * 1000:.3f}, "
+            f"upstream;dur={(now - upstream_start) * 1000:.3f}")
+
+
+async def forward(
+    request: web.Request, rt: Runtime, raw: bytes, creq: CacheRequest | None,
+    body: Any, controls: Controls, flight: Flight | None, status: str, t0: float,
+) -> web.StreamResponse:
+    """Send the request upstream and relay the answer; store it when admissible.
+
+    ``Server-Timing`` tells the time before the upstream call (semcache's overhead) and
+    until the upstream's response headers arrived.
+    """
+    wants_stream = bool(isinstance(body, dict) and body.get("stream"))
+    upstream_start = time.perf_counter()
+    upstream_resp = await rt.upstream.send(
+        "POST", request.path, query=request.query_string, headers=request.headers, data=raw,
+        streaming=wants_stream, identity=True)
+    timing = _timing(t0, upstream_start)
+    try:
+        if upstream_resp.status >= 400:
+            rt.counters.upstream_errors += 1
+        ctype = upstream_resp.headers.get("Content-Type", "")
+        headers = response_headers(upstream_resp.headers)
+        headers[STATUS] = status
+        headers["Server-Timing"] = timing
+        if wants_stream and upstream_resp.status == 200 and "text/event-stream" in ctype:
+            return await _relay_stream(request, rt, upstream_resp, creq, controls, flight, headers)
+        try:
+            data = await upstream_resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            if isinstance(exc, asyncio.TimeoutError):
+                raise UpstreamTimeoutError(f"upstream timed out sending {request.path}") from exc
+            raise UpstreamError(f"upstream broke off its answer to {request.path}: "
+                                f"{type(exc).__name__}") from exc
+        resp = web.Response(body=data, status=upstream_resp.status,
+                            reason=upstream_resp.reason, headers=headers)
+        if creq is not None and not controls.no_store:
+            answer = None
+            if upstream_resp.status == 200 and not upstream_resp.headers.get("Content-Encoding"):
+                try:
+                    answer = json.loads(data)
+                except ValueError:
+                    answer = None
+            _admit(rt, creq, upstream_resp.status, answer, controls, flight)
+        return resp
+    finally:
+        upstream_resp.release()
+
+
+async def _relay_stream(
+    request: web.Request, rt: Runtime, upstream_resp: aiohttp.ClientResponse,
+    creq: CacheRequest | None, controls: Controls, flight: Flight | None,
+    headers: Any,
+) -> web.StreamResponse:
+    """Relay SSE bytes as they arrive while assembling; store only a complete stream."""
+    out = web.StreamResponse(status=200, headers=headers)
+    await out.prepare(request)
+    assembler = StreamAssembler(chat=request.path == CHAT)
+    try:
+        async for chunk in upstream_resp.content.iter_any():
+            assembler.feed(chunk)
+            await out.write(chunk)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        # the upstream broke mid-answer: nothing is stored and the client sees the
+        # stream break as it would without the cache
+        log.warning("upstream stream for %s broke: %s", request.path, type(exc).__name__)
+        rt.counters.upstream_errors += 1
+        if request.transport is not None:
+            request.transport.close()
+        return out
+    await out.write_eof()
+    if creq is not None and not controls.no_store:
+        answer = assembler.body() if assembler.complete else None
+        _admit(rt, creq, 200 if assembler.complete else 599, answer, controls, flight)
+    return out
+
+
+def _admit(rt: Runtime, creq: CacheRequest, status: int, answer: Any, controls: Controls,
+           flight: Flight | None) -> None:
+    """Share an admissible answer with coalesced followers and store it in the background."""
+    why = admission.refusal(creq.endpoint, status, answer, rt.settings)
+    if why is not None:
+        rt.counters.store_refusals += 1
+        log.debug("not storing %s answer: %s", creq.endpoint, why)
+        return
+    if flight is not None:
+        flight.publish(answer)
+    cache = rt.cache
+    if cache is None:
+        return
+    loop = asyncio.get_running_loop()
+    task = loop.run_in_executor(
+        rt.store_pool, functools.partial(cache.store, creq, answer, ttl=controls.ttl))
+    rt.track(task)
+    if flight is not None:
+        flight.hold_until(task)  # identical requests keep waiting on the flight until stored
+
+    def done(fut: asyncio.Future[Any]) -> None:
+        exc = fut.exception() if not fut.cancelled() else None
+        if exc is None:
+            rt.counters.stores += 1
+        else:
+            rt.counters.store_failures += 1
+            log.warning("storing an answer failed (%s: %s)", type(exc).__name__, exc)
+
+    task.add_done_callback(done)
+
+
+# ------------------------------------------------------------------ passthrough
+async def passthrough(request: web.Request) -> web.StreamResponse:
+    """Any other /v1/* request: forwarded verbatim, streamed both ways, never cached."""
+    rt = request.app[RUNTIME]
+    data = request.content.iter_any() if request.body_exists else None
+    upstream_resp = await rt.upstream.send(
+        request.method, request.path, query=request.query_string, headers=request.headers,
+        data=data, streaming=True, identity=False)
+    try:
+        out = web.StreamResponse(status=upstream_resp.status, reason=upstream_resp.reason,
+                                 headers=response_headers(upstream_resp.headers))
+        await out.prepare(request)
+        try:
+            async for chunk in upstream_resp.content.iter_any():
+                await out.write(chunk)
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            if request.transport is not None:
+                request.transport.close()
+            return out
+        await out.write_eof()
+        return out
+    finally:
+        upstream_resp.release()

@@ -1,0 +1,82 @@
+"""The sidecar's live state, shared by its handlers under one typed app key.
+
+:class:`Runtime` holds the settings, the cache (``None`` until the model is loaded and
+the index built: requests meanwhile go upstream uncached), the upstream client, the
+coalescer, the executors that keep blocking work off the event loop, and the background
+store tasks that shutdown waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from .cache import SemanticCache
+from .coalesce import Coalescer
+from .settings import Settings
+from .upstream import Upstream
+
+__all__ = ["Runtime", "RUNTIME", "Counters"]
+
+log = logging.getLogger("semcache.web")
+
+
+@dataclass
+class Counters:
+    """Plain counters of what the sidecar did (the operator surface exports them)."""
+
+    requests: int = 0
+    hits_exact: int = 0
+    hits_semantic: int = 0
+    hits_coalesced: int = 0
+    misses: int = 0
+    bypasses: int = 0
+    stores: int = 0
+    store_refusals: int = 0
+    store_failures: int = 0
+    lookup_failures: int = 0
+    lookup_timeouts: int = 0
+    upstream_errors: int = 0
+
+
+@dataclass
+class Runtime:
+    """Everything a request handler needs.  Event-loop confined except the executors."""
+
+    settings: Settings
+    upstream: Upstream
+    cache: SemanticCache | None = None
+    load_error: str | None = None
+    coalescer: Coalescer = field(default_factory=Coalescer)
+    counters: Counters = field(default_factory=Counters)
+    # embedding + index search for lookups: one thread, so forward passes never overlap
+    lookup_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="semcache-lookup"))
+    # stores (embedding from the memo + LMDB commit), off the response path
+    store_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="semcache-store"))
+    background: set[asyncio.Future[Any]] = field(default_factory=set)
+
+    @property
+    def ready(self) -> bool:
+        return self.cache is not None
+
+    def track(self, fut: asyncio.Future[Any]) -> None:
+        """Keep a background task alive until done; shutdown waits for these."""
+        self.background.add(fut)
+        fut.add_done_callback(self.background.discard)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for background stores to finish."""
+        if self.background:
+            done, pending = await asyncio.wait(list(self.background), timeout=timeout)
+            if pending:
+                log.warning("%d background stores still running at shutdown", len(pending))
+
+
+RUNTIME: web.AppKey[Runtime] = web.AppKey("semcache_runtime", Runtime)
