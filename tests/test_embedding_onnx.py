@@ -34,8 +34,9 @@ def reference(embedder: SentenceTransformerEmbedder, langcache_texts: list[str])
 
 
 def padded_batches(embedder: OnnxEmbedder, texts: list[str], size: int = 32) -> np.ndarray:
-    """Embed ``texts`` in consecutive batches of ``size`` (each one forward pass)."""
-    return np.concatenate([embedder.embed(texts[i:i + size]) for i in range(0, len(texts), size)])
+    """Embed ``texts`` in consecutive batches of ``size``, each one forward pass padded to
+    its longest text."""
+    return np.concatenate([embedder.embed_padded(texts[i:i + size]) for i in range(0, len(texts), size)])
 
 
 def test_export_ran_offline_and_is_reused(onnx_export: OnnxExport) -> None:
@@ -77,11 +78,15 @@ def test_int8_matches_the_reference_on_padded_batches(
     assert (alone * reference[:64]).sum(axis=1).min() >= 0.98
 
 
-def test_long_lists_are_embedded_in_order(onnx_embedder: OnnxEmbedder, langcache_texts: list[str],
-                                          reference: np.ndarray) -> None:
-    """More than one chunk: rows come back in the caller's order, not the length order."""
-    out = onnx_embedder.embed(langcache_texts[:100])
-    assert ((out * reference[:100]).sum(axis=1) >= 0.999).all()
+def test_grouping_by_length_keeps_each_row_in_its_place(
+    onnx_embedder: OnnxEmbedder, langcache_texts: list[str], reference: np.ndarray,
+) -> None:
+    """embed() runs texts in groups of similar length (several passes for a mixed list):
+    the rows still come back in the caller's order."""
+    texts = langcache_texts[:100] + [" ".join(["a very long question"] * 30)]
+    out = onnx_embedder.embed(texts)
+    assert ((out[:100] * reference[:100]).sum(axis=1) >= 0.999).all()
+    assert (out * onnx_embedder.embed_padded(texts)).sum(axis=1).min() >= 0.9999
     assert onnx_embedder.embed([]).shape == (0, 384)
 
 
