@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import bench_proxy
+from . import bench_embedding, bench_proxy
 
 if __name__ == "__main__":
-    raise SystemExit(bench_proxy.main([]))
+    raise SystemExit(bench_proxy.main([]) or bench_embedding.main([]))
