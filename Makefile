@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install build run demo test test-native test-python lint bench bench-proxy bench-micro bench-scale clean
+.PHONY: install build run demo test test-native test-python lint bench bench-proxy bench-embedding bench-micro bench-scale clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench: install
 # the sidecar's latency and throughput against the fake upstream (~3 minutes)
 bench-proxy: install
 	$(PY) -m bench.bench_proxy --n 200
+
+# embedding backends side by side: forward time, batcher latency and throughput (~3 minutes)
+bench-embedding: install
+	$(PY) -m bench.bench_embedding
 
 # native vs twin, side by side (pytest-benchmark)
 bench-micro: install

@@ -37,6 +37,7 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
+MODELS = ROOT / "semcache-data" / "models"  # ONNX exports, shared by the sidecars (made once)
 
 
 def free_port() -> int:
@@ -160,8 +161,9 @@ def embedding_reference(reps: int = 100) -> dict[str, float]:
     from semcache.settings import Settings
 
     cfg = Settings()  # the sidecar's defaults: same model, backend and threads
-    emb = load_embedder(cfg.embedding_model, device=cfg.embedding_device,
-                        threads=cfg.embedding_threads)
+    emb = load_embedder(cfg.embedding_model, backend=cfg.embedding_backend,
+                        device=cfg.embedding_device, threads=cfg.embedding_threads,
+                        cache_dir=MODELS)
     texts = [f"How do I sort a list of {i} numbers in python?" for i in range(reps)]
     emb.embed(texts[:5])
     times = []
@@ -184,7 +186,8 @@ async def run(n: int) -> dict[str, Any]:
             procs.append(start(["fake-upstream", "--port", str(fport), "--latency", str(latency)]))
             procs.append(start(["serve", "--upstream", f"http://127.0.0.1:{fport}", "--port",
                                 str(sport), "--data-dir", f"{tmp.name}/{latency}", "--sync", "off",
-                                "--log-level", "warning", "--lookup-timeout", "5"]))
+                                "--log-level", "warning", "--lookup-timeout", "5",
+                                "--embedding-cache-dir", str(MODELS)]))
             wait_ready(f"http://127.0.0.1:{fport}", "/v1/models")
             wait_ready(f"http://127.0.0.1:{sport}", "/readyz")
             urls[latency] = (f"http://127.0.0.1:{fport}", f"http://127.0.0.1:{sport}")

@@ -8,19 +8,19 @@ A found entry is served only after its stored scope is compared with the request
 its expiry with the clock, so a stale or foreign index row can never leak an answer; a
 semantic match must also pass the near-miss guard (:mod:`semcache.guard`).
 
-Thread safety: every method may be called from any thread.  Embedding runs on the calling
-thread (the web layer calls from its embedding executor); LMDB writes run on the store's
-writer thread; the in-memory index and eviction tracker are guarded by locks.
+Thread safety: every method may be called from any thread.  :meth:`SemanticCache.embed`
+runs the forward pass on the calling thread; the web layer instead embeds through
+:meth:`SemanticCache.batcher` (forward passes on the batcher's executor thread, shared by
+concurrent requests) and passes the vectors in.  LMDB writes run on the store's writer
+thread; the in-memory index and eviction tracker are guarded by locks.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,12 +28,14 @@ from typing import Any
 import numpy as np
 
 from . import snapshot
-from .embedding import Embedder, load_embedder
-from .errors import InvalidRequestError, StoreError
+from .batching import MicroBatcher
+from .embedding import Embedder, backend_of, load_embedder
+from .errors import EmbeddingError, InvalidRequestError, SemcacheError, StoreError
 from .eviction import EvictionTracker
 from .guard import conflict
 from .index import ScopedIndex
 from .keys import CacheRequest, derive_namespace
+from .memo import VectorMemo
 from .settings import Settings
 from .store import EntryRecord, Store
 
@@ -73,9 +75,11 @@ class Hit:
 class SemanticCache:
     """A semantic cache over the store in ``settings.data_dir``.
 
-    ``embedder`` defaults to the configured sentence-transformers model.  ``clock`` gives
-    seconds since the epoch (tests pass their own to move time).  Opening rebuilds the
-    index from the store and drops entries that expired while it was closed.
+    ``embedder`` defaults to the configured model and backend (:func:`load_embedder`;
+    with ``embedding_backend=auto`` an existing store keeps the backend it was built
+    with, and a new one gets the fastest).  ``clock`` gives seconds since the epoch (tests
+    pass their own to move time).  Opening rebuilds the index from the store and drops
+    entries that expired while it was closed.
     """
 
     def __init__(
@@ -84,8 +88,9 @@ class SemanticCache:
     ) -> None:
         self.settings = settings or Settings()
         self.embedder = embedder or load_embedder(
-            self.settings.embedding_model, device=self.settings.embedding_device,
-            threads=self.settings.embedding_threads)
+            self.settings.embedding_model, backend=self._backend(),
+            device=self.settings.embedding_device, threads=self.settings.embedding_threads,
+            cache_dir=self.settings.model_dir)
         self.clock = clock
         self.store_db = Store(
             self.settings.data_dir, embedder=self.embedder.name, dim=self.embedder.dim,
@@ -95,8 +100,7 @@ class SemanticCache:
         self._lock = threading.Lock()  # serialises writers: store, delete, evict, sweep, snapshot
         self._book = threading.Lock()  # tracker and pending hits; never held across I/O
         self._pending_hits: dict[int, tuple[float, int]] = {}
-        self._memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
-        self._memo_lock = threading.Lock()
+        self.memo = VectorMemo(_VECTOR_MEMO)
         self.evictions = 0
         self.expirations = 0
         self.guard_rejections = 0
@@ -106,6 +110,15 @@ class SemanticCache:
         self._rebuild()
 
     # ----------------------------------------------------------------- lifecycle
+    def _backend(self) -> str:
+        """The configured backend; for ``auto``, the one the existing store was built
+        with (so an upgrade that changes the default does not orphan a store)."""
+        configured = self.settings.embedding_backend
+        if configured != "auto":
+            return configured
+        recorded = Store.recorded_embedder(self.settings.data_dir)
+        return (backend_of(recorded) if recorded else None) or configured
+
     def _rebuild(self) -> None:
         """Build the index and the tracker at open: from the snapshot plus the entries
         written after it when the snapshot matches the store, else from the store alone.
@@ -219,20 +232,30 @@ class SemanticCache:
         return CacheRequest.from_body(endpoint, body, namespace=namespace)
 
     def embed(self, text: str) -> np.ndarray:
-        """The unit vector of ``text``; recent texts are served from a small memo."""
-        key = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-        with self._memo_lock:
-            vec = self._memo.get(key)
-            if vec is not None:
-                self._memo.move_to_end(key)
-                return vec
-        vec = self.embedder.embed([text])[0]
-        vec.setflags(write=False)
-        with self._memo_lock:
-            self._memo[key] = vec
-            if len(self._memo) > _VECTOR_MEMO:
-                self._memo.popitem(last=False)
-        return vec
+        """The unit vector of ``text`` (read-only); texts embedded recently, here or by
+        :meth:`batcher`, come from the memo.  Blocks for a forward pass otherwise.
+
+        Raises :class:`EmbeddingError` when the backend fails (callers fail open)."""
+        vec = self.memo.get(text)
+        if vec is not None:
+            return vec
+        try:
+            out = self.embedder.embed([text])
+        except SemcacheError:
+            raise
+        except Exception as exc:
+            raise EmbeddingError(
+                f"{self.embedder.name}: embedding failed: {type(exc).__name__}: {exc}") from exc
+        return self.memo.put(text, out[0])
+
+    def batcher(self, *, executor: Any = None) -> MicroBatcher:
+        """A new :class:`MicroBatcher` over this cache's embedder and memo, sized by the
+        settings (``embedding_batch_max``, ``embedding_batch_wait_ms``).  Use one per
+        event loop and close it when done; ``executor`` as in :class:`MicroBatcher`."""
+        return MicroBatcher(
+            self.embedder.embed, max_batch=self.settings.embedding_batch_max,
+            max_wait=self.settings.embedding_batch_wait_ms / 1000.0, executor=executor,
+            memo=self.memo)
 
     # -------------------------------------------------------------------- lookup
     def lookup(self, req: CacheRequest, *, threshold: float | None = None) -> Hit | None:
@@ -447,4 +470,6 @@ class SemanticCache:
             "evictions": self.evictions, "expirations": self.expirations,
             "guard_rejections": self.guard_rejections,
             "embedder": self.embedder.name, "dim": self.embedder.dim,
+            "embedding_memo": {"entries": len(self.memo), "hits": self.memo.hits,
+                               "misses": self.memo.misses},
         }

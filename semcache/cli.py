@@ -40,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--port", type=int, default=4000)
     fake.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
     demo = sub.add_parser("demo", help="store a few answers and look up paraphrases and near-misses")
-    add_arguments(demo, ["threshold", "embedding_model", "embedding_device", "log_level"])
+    add_arguments(demo, ["threshold", "embedding_model", "embedding_backend", "embedding_device",
+                         "log_level"])
+    export = sub.add_parser(
+        "export-model", help="export the embedding model to ONNX (fp32 and int8) ahead of first use")
+    add_arguments(export, ["data_dir", "embedding_model", "embedding_cache_dir"])
+    export.add_argument("--force", action="store_true", help="export again even if a current export exists")
     # --- operator commands (issue 7): talk to a running sidecar's operator API
     from .cli_operator import add_operator_commands
 
@@ -73,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import run_demo
 
             return run_demo(settings)
+        if args.command == "export-model":
+            from .embedding_onnx import export_command
+
+            return export_command(settings, force=args.force)
         # --- operator commands (issue 7)
         from .cli_operator import COMMANDS, run_operator_command
 

@@ -49,10 +49,13 @@ def _answer(question: str, text: str) -> dict[str, object]:
 
 
 def run_demo(settings: Settings | None = None, out: TextIO | None = None) -> int:
-    """Run the demo with ``settings`` in a fresh temporary data directory."""
+    """Run the demo with ``settings`` in a fresh temporary data directory.  The ONNX
+    export (default backend) is kept where the settings put it (``<data_dir>/models``), so
+    only the first run pays for it."""
     out = out or sys.stdout
+    base = settings or Settings()
     with tempfile.TemporaryDirectory(prefix="semcache-demo-") as tmp:
-        cfg = (settings or Settings()).replace(data_dir=Path(tmp))
+        cfg = base.replace(data_dir=Path(tmp), embedding_cache_dir=base.model_dir)
         t0 = time.perf_counter()
         with SemanticCache(cfg) as cache:
             print(f"loaded {cache.embedder.name} (dim {cache.embedder.dim}) and store at "

@@ -26,9 +26,11 @@ from .budgets import Budget, parse_budgets
 from .errors import ConfigError
 
 __all__ = ["Settings", "Spec", "specs", "setting", "extension_policy", "add_arguments", "ENV_PREFIX",
-           "read_env_file", "write_env_file"]
+           "read_env_file", "write_env_file", "EMBEDDING_BACKENDS"]
 
 ENV_PREFIX = "SEMCACHE_"
+#: Values of ``embedding_backend`` (see :mod:`semcache.embedding`).
+EMBEDDING_BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 
 
 @dataclass(frozen=True)
@@ -122,10 +124,25 @@ class Settings:
         "default",
         "sentence-transformers model name or local path; 'default' is the packaged all-MiniLM-L6-v2",
         str)
-    embedding_device: str = setting("cpu", "torch device for the embedding model", str)
+    embedding_backend: str = setting(
+        "auto",
+        "embedding backend: torch (sentence-transformers, the reference), onnx (ONNX Runtime, "
+        "fp32), onnx-int8 (int8 dynamic quantisation), or auto (the store's own backend, "
+        "else the fastest that passes its quality check)",
+        str)
+    embedding_device: str = setting(
+        "cpu", "torch device for the embedding model (the onnx backends run on the cpu)", str)
     embedding_threads: int = setting(
-        1, "intra-op threads for the embedding model (0: torch's default, one per core); one "
-        "keeps a sidecar's latency steady beside a busy application", int)
+        1, "intra-op threads of one forward pass (0: the CPUs available, at most 4); one keeps "
+        "a sidecar's latency steady beside a busy application", int)
+    embedding_cache_dir: Path | None = setting(
+        None, "directory of the locally exported ONNX models (default: <data_dir>/models)",
+        lambda text: Path(text) if text else None)
+    embedding_batch_max: int = setting(
+        32, "most queries that share one forward pass when they arrive together", int)
+    embedding_batch_wait_ms: float = setting(
+        2.0, "longest a query waits for others to join its batch while they keep arriving "
+        "(milliseconds; a query that arrives alone is never held)", float)
     # --- sidecar server
     upstream: str = setting(
         "http://127.0.0.1:4000",
@@ -194,6 +211,11 @@ class Settings:
                 spec = by_name[name]
                 values[name] = _parse(spec, value, spec.flag) if isinstance(value, str) else value
         return cls(**values)
+
+    @property
+    def model_dir(self) -> Path:
+        """Where ONNX exports are cached: ``embedding_cache_dir``, else ``data_dir/models``."""
+        return Path(self.embedding_cache_dir or Path(self.data_dir) / "models")
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied (validated again)."""
@@ -310,6 +332,16 @@ def _validate(s: Settings) -> None:
             raise ConfigError(name, getattr(s, name), "must be at least 1")
     if s.eviction not in ("lru", "lfu"):
         raise ConfigError("eviction", s.eviction, "must be 'lru' or 'lfu'")
+    if s.embedding_backend not in EMBEDDING_BACKENDS:
+        raise ConfigError("embedding_backend", s.embedding_backend,
+                          "must be one of " + ", ".join(EMBEDDING_BACKENDS))
+    if s.embedding_threads < 0:
+        raise ConfigError("embedding_threads", s.embedding_threads, "must be 0 or more")
+    if s.embedding_batch_max < 1:
+        raise ConfigError("embedding_batch_max", s.embedding_batch_max, "must be at least 1")
+    if not 0.0 <= s.embedding_batch_wait_ms <= 1000.0:
+        raise ConfigError("embedding_batch_wait_ms", s.embedding_batch_wait_ms,
+                          "must be between 0 and 1000 milliseconds")
     if not 0 < s.port < 65536:
         raise ConfigError("port", s.port, "must be a TCP port number")
     for name in ("lookup_timeout", "upstream_timeout", "upstream_connect_timeout"):

@@ -163,6 +163,28 @@ class Store:
             self._env.close()
             raise
 
+    @staticmethod
+    def recorded_embedder(path: str | os.PathLike[str]) -> str | None:
+        """The embedder name recorded in the store at ``path``, or None when there is no
+        store there (or it cannot be read).  Opens read-only and creates nothing; do not
+        call while this process has the store open."""
+        where = Path(path)
+        if not (where / "data.mdb").is_file():
+            return None
+        try:
+            env = lmdb.open(str(where), readonly=True, max_dbs=8, subdir=True, lock=True)
+        except lmdb.Error:
+            return None
+        try:
+            with env.begin() as txn:
+                meta = env.open_db(b"meta", txn=txn, create=False)
+                raw = _get(txn, b"embedder", meta)
+        except lmdb.Error:
+            return None
+        finally:
+            env.close()
+        return raw.decode() if raw else None
+
     # ----------------------------------------------------------------- lifecycle
     def __enter__(self) -> Store:
         return self

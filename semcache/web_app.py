@@ -74,6 +74,7 @@ def _lifecycle(embedder: Embedder | None, cache: SemanticCache | None):  # type:
         loop = asyncio.get_running_loop()
         if cache is not None:
             rt.ledger.attach(cache.store_db)
+            rt.batcher = cache.batcher()
             rt.cache = cache
             loader: asyncio.Future[Any] | None = None
         else:
@@ -89,6 +90,8 @@ def _lifecycle(embedder: Embedder | None, cache: SemanticCache | None):  # type:
                 with contextlib.suppress(Exception):
                     await loader
             await rt.drain(DRAIN_TIMEOUT)
+            if rt.batcher is not None:
+                rt.batcher.close()
             if rt.cache is not None:
                 try:
                     await loop.run_in_executor(rt.store_pool, rt.ledger.flush)
@@ -114,6 +117,7 @@ def _open_cache(rt: Runtime, embedder: Embedder | None) -> None:
         for words in (1, 4, 8, 16, 32, 64):
             cache.embedder.embed([" ".join(["warm"] * words)])
         rt.ledger.attach(cache.store_db)
+        rt.batcher = cache.batcher()
         rt.cache = cache
         log.info("cache ready: %d entries from %s", len(rt.cache), rt.settings.data_dir)
     except Exception as exc:

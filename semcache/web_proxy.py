@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import numpy as np
 from aiohttp import web
 
 from . import admission
@@ -108,16 +109,21 @@ def parse_json(raw: bytes) -> Any:
 
 
 # ------------------------------------------------------------------------ lookup
-def _lookup_semantic_before(deadline: float, rt: Runtime, creq: CacheRequest,
-                            threshold: float | None) -> Hit | None:
-    """Runs on the lookup thread; skips work whose caller already gave up."""
+def _search_before(deadline: float, rt: Runtime, creq: CacheRequest, threshold: float | None,
+                   vector: np.ndarray | None) -> Hit | None:
+    """Runs on the lookup thread (index search, embedding too when no batcher is given);
+    skips work whose caller already gave up."""
     if time.monotonic() > deadline or rt.cache is None:
         return None
-    return rt.cache.lookup_semantic(creq, threshold=threshold)
+    return rt.cache.lookup_semantic(creq, threshold=threshold, vector=vector)
 
 
 async def lookup(rt: Runtime, creq: CacheRequest, threshold: float | None) -> Hit | None:
-    """Exact then semantic lookup within the time budget; any failure is a miss."""
+    """Exact then semantic lookup within the time budget; any failure is a miss.
+
+    The embedding goes through the micro-batcher, so concurrent lookups share forward
+    passes; the index search then runs on the lookup thread, off the event loop.
+    """
     cache = rt.cache
     assert cache is not None
     budget = rt.settings.lookup_timeout
@@ -126,9 +132,15 @@ async def lookup(rt: Runtime, creq: CacheRequest, threshold: float | None) -> Hi
         if hit is not None or not creq.semantic_text:
             return hit
         loop = asyncio.get_running_loop()
-        work = functools.partial(_lookup_semantic_before, time.monotonic() + budget, rt, creq,
-                                 threshold)
-        return await asyncio.wait_for(loop.run_in_executor(rt.lookup_pool, work), budget)
+        deadline = time.monotonic() + budget
+        text = creq.semantic_text
+
+        async def semantic() -> Hit | None:
+            vector = await rt.batcher.embed(text) if rt.batcher is not None else None
+            work = functools.partial(_search_before, deadline, rt, creq, threshold, vector)
+            return await loop.run_in_executor(rt.lookup_pool, work)
+
+        return await asyncio.wait_for(semantic(), budget)
     except asyncio.TimeoutError:
         rt.counters.lookup_timeouts += 1
         log.warning("lookup over its %.0f ms budget; forwarding uncached", budget * 1000)

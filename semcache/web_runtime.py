@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .batching import MicroBatcher
 from .cache import SemanticCache
 from .coalesce import Coalescer
 from .feedback import FeedbackLog
@@ -55,10 +56,12 @@ class Runtime:
     settings: Settings
     upstream: Upstream
     cache: SemanticCache | None = None
+    # concurrent lookups share forward passes through it (created with the cache)
+    batcher: MicroBatcher | None = None
     load_error: str | None = None
     coalescer: Coalescer = field(default_factory=Coalescer)
     counters: Counters = field(default_factory=Counters)
-    # embedding + index search for lookups: one thread, so forward passes never overlap
+    # index searches (and model loading at start); forward passes run on the batcher's thread
     lookup_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="semcache-lookup"))
     # stores (embedding from the memo + LMDB commit), off the response path

@@ -1,12 +1,19 @@
-"""Shared fixtures: the real embedding model (loaded once), cache factories, data paths."""
+"""Shared fixtures: the real embedding model (loaded once), its ONNX export (made once per
+session), cache factories, data paths, a network trap."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import os
+import socket
+import subprocess
+import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +22,7 @@ import pytest
 
 from semcache import SemanticCache, Settings
 from semcache.embedding import SentenceTransformerEmbedder
+from semcache.embedding_onnx import OnnxEmbedder
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("SEMCACHE_TEST_DATA", ROOT.parent / "shared" / "data"))
@@ -57,8 +65,84 @@ class HashEmbedder:
 
 @pytest.fixture(scope="session")
 def embedder() -> SentenceTransformerEmbedder:
-    """The real default model, loaded once per test session."""
+    """The real model on the reference backend (torch), loaded once per test session."""
     return SentenceTransformerEmbedder()
+
+
+@contextlib.contextmanager
+def network_trap() -> Iterator[tuple[dict[str, str], list[object]]]:
+    """An environment for a subprocess whose hub and proxy addresses all point at a local
+    listener, with the hub's offline switches off, and the list of connections it saw."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.2)
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    seen: list[object] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            seen.append(conn)
+            conn.close()
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") and not k.startswith("SEMCACHE_EMBEDDING")}
+    env.update(HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0", HF_ENDPOINT=url, HTTP_PROXY=url,
+               HTTPS_PROXY=url, http_proxy=url, https_proxy=url, NO_PROXY="", no_proxy="")
+    try:
+        yield env, seen
+    finally:
+        stop.set()
+        t.join()
+        server.close()
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """The session's one ONNX export: where it is, and what its subprocess did."""
+
+    cache_dir: Path
+    returncode: int
+    output: str
+    connections: int
+
+
+@pytest.fixture(scope="session")
+def onnx_export(tmp_path_factory: pytest.TempPathFactory) -> OnnxExport:
+    """``semcache export-model`` once per session, into a session directory, as a fresh
+    machine would run it: in a subprocess whose network is a trap (see
+    ``test_embedding_onnx``, which asserts it was never touched)."""
+    cache_dir = tmp_path_factory.mktemp("models")
+    with network_trap() as (env, seen):
+        out = subprocess.run(
+            [sys.executable, "-m", "semcache", "export-model", "--embedding-cache-dir", str(cache_dir)],
+            env=env, capture_output=True, text=True, timeout=600)
+    return OnnxExport(cache_dir, out.returncode, out.stdout + out.stderr, len(seen))
+
+
+def _exported(export: OnnxExport) -> Path:
+    if export.returncode != 0:
+        pytest.fail(f"the session's ONNX export failed:\n{export.output[-3000:]}")
+    return export.cache_dir
+
+
+@pytest.fixture(scope="session")
+def onnx_embedder(onnx_export: OnnxExport) -> OnnxEmbedder:
+    """The fp32 ONNX backend on the session's export."""
+    return OnnxEmbedder(cache_dir=_exported(onnx_export), quantize=False)
+
+
+@pytest.fixture(scope="session")
+def int8_embedder(onnx_export: OnnxExport) -> OnnxEmbedder:
+    """The int8 ONNX backend on the session's export (what ``auto`` picks here)."""
+    return OnnxEmbedder(cache_dir=_exported(onnx_export), quantize=True)
 
 
 def chat(text: str, *, model: str = "gpt-4o-mini", system: str | None = None,

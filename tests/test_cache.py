@@ -100,26 +100,29 @@ def test_follow_ups_are_not_served_across_conversations(make_cache: CacheFactory
     assert right == len(items)
 
 
-def test_second_process_hits_what_the_first_stored(tmp_path, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_second_process_hits_what_the_first_stored(tmp_path, onnx_export) -> None:  # type: ignore[no-untyped-def]
+    """Both processes on the default settings (so the default backend, from the session's
+    export): the second one finds what the first stored."""
     import subprocess
     import sys
 
     data = tmp_path / "shared-store"
     code = (
         "import sys; from semcache import SemanticCache, Settings, CacheRequest;"
-        "c=SemanticCache(Settings(data_dir=sys.argv[1]));"
+        "c=SemanticCache(Settings(data_dir=sys.argv[1], embedding_cache_dir=sys.argv[2]));"
         "r=CacheRequest.from_body('/v1/chat/completions', {'model':'m','messages':"
         "[{'role':'user','content':'How do I reverse a string in Python?'}]});"
         "print(c.store(r, {'choices':[{'message':{'content':'s[::-1]'},'finish_reason':'stop'}]}));"
         "c.close()"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(data)], capture_output=True, text=True,
-                         timeout=240)
+    out = subprocess.run([sys.executable, "-c", code, str(data), str(onnx_export.cache_dir)],
+                         capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     stored_id = int(out.stdout.strip())
     from semcache import Settings
 
-    with SemanticCache(Settings(data_dir=data), embedder) as cache:
+    with SemanticCache(Settings(data_dir=data, embedding_cache_dir=onnx_export.cache_dir)) as cache:
+        assert cache.embedder.name.endswith("@onnx-int8")
         hit = cache.lookup(CacheRequest.from_body(CHAT, {"model": "m", "messages": [
             {"role": "user", "content": "How can I reverse a string in python"}]}))
         assert hit is not None and hit.entry_id == stored_id and hit.match == "semantic"

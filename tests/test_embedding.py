@@ -1,20 +1,19 @@
-"""The default embedder: packaged model, offline, unit-norm float32."""
+"""The reference embedder (sentence-transformers on torch): packaged model, offline,
+unit-norm float32; backend names and thread sizing."""
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
-import threading
 
 import numpy as np
 
-from semcache.embedding import Embedder, SentenceTransformerEmbedder
+from semcache.embedding import Embedder, SentenceTransformerEmbedder, backend_of, sidecar_threads
 from semcache.errors import EmbeddingError
+from tests.conftest import network_trap
 
 
-def test_default_model_gives_unit_float32_rows(embedder: SentenceTransformerEmbedder) -> None:
+def test_packaged_model_on_torch_gives_unit_float32_rows(embedder: SentenceTransformerEmbedder) -> None:
     assert isinstance(embedder, Embedder)
     out = embedder.embed(["What is the capital of France?", "what's the capital city of france",
                           "sort a list ascending in python"])
@@ -27,39 +26,11 @@ def test_default_model_gives_unit_float32_rows(embedder: SentenceTransformerEmbe
 
 def test_loading_never_touches_the_network_even_when_offline_is_unset() -> None:
     """Point every hub/proxy address at a local listener and count connections."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    server.settimeout(0.2)
-    port = server.getsockname()[1]
-    seen: list[object] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            seen.append(conn)
-            conn.close()
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    env.update(HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0", HF_ENDPOINT=url, HTTP_PROXY=url,
-               HTTPS_PROXY=url, http_proxy=url, https_proxy=url, NO_PROXY="", no_proxy="")
     code = ("from semcache.embedding import SentenceTransformerEmbedder as E;"
             "v=E().embed(['hello world']); print(v.shape)")
-    try:
+    with network_trap() as (env, seen):
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                              text=True, timeout=240)
-    finally:
-        stop.set()
-        t.join()
-        server.close()
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "(1, 384)"
     assert seen == []
@@ -72,3 +43,11 @@ def test_unknown_model_fails_with_a_clear_error() -> None:
         assert "no-such-org/no-such-model" in str(exc) and "offline" in str(exc)
     else:
         raise AssertionError("loading a model that is not on disk must fail")
+
+
+def test_backend_names_and_thread_sizing() -> None:
+    assert backend_of("sentence-transformers/all-MiniLM-L6-v2@onnx-int8") == "onnx-int8"
+    assert backend_of("sentence-transformers/all-MiniLM-L6-v2@torch") == "torch"
+    assert backend_of("test-hash@fake") is None and backend_of("no-backend") is None
+    assert sidecar_threads(3) == 3
+    assert 1 <= sidecar_threads(0) <= 4

@@ -30,6 +30,9 @@ def test_precedence_defaults_env_flags() -> None:
     ({"SEMCACHE_EVICTION": "fifo"}, "eviction"),
     ({"SEMCACHE_UPSTREAM": "ftp://x"}, "upstream"),
     ({"SEMCACHE_MAX_ENTRIES": "0"}, "max_entries"),
+    ({"SEMCACHE_EMBEDDING_BACKEND": "tensorrt"}, "embedding_backend"),
+    ({"SEMCACHE_EMBEDDING_BATCH_MAX": "0"}, "embedding_batch_max"),
+    ({"SEMCACHE_EMBEDDING_BATCH_WAIT_MS": "-1"}, "embedding_batch_wait_ms"),
 ])
 def test_bad_values_name_the_setting_and_value(env: dict[str, str], name: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -75,3 +78,11 @@ def test_env_file_errors_name_the_file_and_line(tmp_path: Path, line: str, reaso
     assert f"{env_file}:2" in str(info.value) and reason in str(info.value)
     with pytest.raises(ConfigError, match="cannot be read"):
         Settings.load({"env_file": str(tmp_path / "missing.env")}, {})
+
+
+def test_embedding_defaults_and_the_export_directory() -> None:
+    s = Settings.load({}, {"SEMCACHE_DATA_DIR": "/srv/cache"})
+    assert (s.embedding_backend, s.embedding_batch_max, s.embedding_batch_wait_ms) == ("auto", 32, 2.0)
+    assert s.model_dir == Path("/srv/cache/models")
+    moved = Settings.load({}, {"SEMCACHE_EMBEDDING_CACHE_DIR": "/opt/models"})
+    assert moved.model_dir == Path("/opt/models")

@@ -121,3 +121,13 @@ def test_data_dir_holds_only_the_store_and_the_index_snapshot(tmp_path: Path) ->
     with SemanticCache(off, HashEmbedder()) as cache:
         cache.store(CacheRequest.from_body("/v1/chat/completions", chat("hello")), answer("hi"))
     assert sorted(os.listdir(tmp_path / "t")) == ["data.mdb", "lock.mdb"]
+
+
+def test_the_recorded_embedder_is_read_without_creating_anything(tmp_path: Path) -> None:
+    assert Store.recorded_embedder(tmp_path / "nowhere") is None
+    assert not (tmp_path / "nowhere").exists()
+    with Store(tmp_path / "s", embedder="some-model@onnx-int8", dim=4):
+        pass
+    assert Store.recorded_embedder(tmp_path / "s") == "some-model@onnx-int8"
+    with Store(tmp_path / "s", embedder="some-model@onnx-int8", dim=4):  # still opens
+        pass

@@ -397,3 +397,31 @@ async def test_unreachable_and_slow_upstreams_give_openai_errors(
         async with s.post(slow.url + CHAT, json=body, headers={"X-Fake-Fault": "hang"}) as r:
             err = (await r.json())["error"]
             assert r.status == 504 and err["code"] == "upstream_timeout"
+
+
+async def test_concurrent_lookups_share_forward_passes_and_stores_reuse_them(
+        start_sidecar: SidecarFactory, fake: Fake) -> None:
+    sc = start_sidecar()
+    c = aclient(sc)
+    questions = [f"How do I configure feature number {i} of the {w} service?"
+                 for i, w in enumerate(["billing", "search", "auth", "storage", "email", "queue",
+                                        "cache", "gateway", "metrics", "logging", "backup", "dns",
+                                        "cdn", "payments", "ml", "chat"])]
+
+    async def one(q: str) -> str:
+        raw = await c.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": q}])
+        return raw.headers["x-semcache-status"]
+
+    statuses = await asyncio.gather(*(one(q) for q in questions))
+    await asyncio.get_running_loop().run_in_executor(None, sc.wait_stores)
+    await c.close()
+    batcher = sc.runtime.batcher
+    assert batcher is not None and statuses.count("miss") == len(questions)
+    stats = sc.server.call(lambda: (batcher.stats.embedded, batcher.stats.batches,
+                                    batcher.stats.largest))
+    embedded, batches, largest = stats
+    assert embedded == len(questions)  # every text embedded exactly once...
+    assert batches < len(questions) and largest > 1  # ...in shared forward passes
+    cache = sc.runtime.cache
+    assert cache is not None and len(cache) == len(questions)  # and every answer was stored

@@ -11,11 +11,19 @@ import time
 from pathlib import Path
 
 import openai
+import pytest
 
-from tests.conftest import Fake
+from tests.conftest import Fake, OnnxExport
 from tests.servers import ROOT, SidecarProcess, free_port, wait_ready
 
 SECRET = "sk-live-0123456789abcdefSECRET"
+
+
+@pytest.fixture(autouse=True)
+def _shared_export(onnx_export: OnnxExport, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sidecar processes run the default backend from the session's ONNX export instead
+    of each exporting into its fresh data directory."""
+    monkeypatch.setenv("SEMCACHE_EMBEDDING_CACHE_DIR", str(onnx_export.cache_dir))
 
 
 def ask(url: str, text: str, key: str = SECRET) -> tuple[str, str]:
