@@ -28,31 +28,6 @@ cdef inline float _dot(const float* a, const float* b, Py_ssize_t d) noexcept no
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
-def best_in_block(const float[:, ::1] vecs, Py_ssize_t n, const float[::1] query,
-                  const double[::1] expires, const unsigned char[::1] live,
-                  double now, double threshold):
-    """Exact scan of rows ``[0, n)``; see the twin for the contract."""
-    cdef Py_ssize_t d = vecs.shape[1]
-    cdef Py_ssize_t row, best_row = -1
-    cdef float score
-    cdef float best = -INFINITY
-    if n > vecs.shape[0] or n > expires.shape[0] or n > live.shape[0]:
-        raise ValueError(f"n={n} exceeds the block's capacity")
-    if query.shape[0] != d:
-        raise ValueError(f"query has dimension {query.shape[0]}, block has {d}")
-    with nogil:
-        for row in range(n):
-            if live[row] == 0 or not (expires[row] > now):
-                continue
-            score = _dot(&vecs[row, 0], &query[0], d)
-            if score > best:
-                best = score
-                best_row = row
-    if best_row >= 0 and best >= threshold:
-        return best_row, float(best)
-    return -1, float(best)
-
-
 def best_of_candidates(const float[::1] scores, const long long[::1] rows,
                        const double[::1] expires, const unsigned char[::1] live,
                        double now, double threshold):

@@ -9,35 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["best_in_block", "best_in_chain", "best_of_candidates"]
+__all__ = ["best_in_chain", "best_of_candidates"]
 
 _NONE = (-1, float("-inf"))
-
-
-def best_in_block(
-    vecs: np.ndarray,
-    n: int,
-    query: np.ndarray,
-    expires: np.ndarray,
-    live: np.ndarray,
-    now: float,
-    threshold: float,
-) -> tuple[int, float]:
-    """Exact scan of rows ``[0, n)`` of ``vecs`` (float32, C-contiguous, ``(cap, d)``).
-
-    Returns ``(row, score)`` of the highest inner product with ``query`` among candidate
-    rows when it is ``>= threshold``, else ``(-1, best candidate score or -inf)``.
-    """
-    if n <= 0:
-        return _NONE
-    scores = vecs[:n] @ query
-    ok = (live[:n] != 0) & (expires[:n] > now)
-    if not ok.any():
-        return _NONE
-    masked = np.where(ok, scores, np.float32(-np.inf))
-    row = int(np.argmax(masked))
-    score = float(masked[row])
-    return (row, score) if score >= threshold else (-1, score)
 
 
 def best_of_candidates(

@@ -178,9 +178,10 @@ def run_savings(cfg: SavingsConfig, settings: Settings, *, embedder: Embedder | 
     tiers = load_tiers(cfg.prices)
     if not cfg.workloads and not cfg.logs:
         raise ValueError("nothing to replay: name a --workload or a --log")
-    embedder = embedder or load_embedder(settings.embedding_model,
-                                         device=settings.embedding_device,
-                                         threads=settings.embedding_threads)
+    embedder = embedder or load_embedder(
+        settings.embedding_model, backend=settings.embedding_backend,
+        device=settings.embedding_device, threads=settings.embedding_threads,
+        cache_dir=settings.model_dir)  # the backend the sidecar would use
     plans = _plan(cfg, settings, embedder, out)
     replays = asyncio.run(_replay_all(plans, cfg, settings, embedder, out))
     reports = [_report(p, r, cfg, tiers) for p, r in zip(plans, replays, strict=True)]

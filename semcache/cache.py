@@ -37,7 +37,7 @@ from .index import ScopedIndex
 from .keys import CacheRequest, derive_namespace
 from .memo import VectorMemo
 from .settings import Settings
-from .store import EntryRecord, Store
+from .store import EntryMeta, EntryRecord, Store
 
 __all__ = ["SemanticCache", "Hit"]
 
@@ -335,15 +335,21 @@ class SemanticCache:
         with self._lock:  # one store at a time keeps index, tracker and LMDB in step
             self._evict_locked(len(record.pack()))  # the size the store will record
             entry_id, meta, replaced = self.store_db.put(record, vec)
-            for old in replaced:
-                self.index.remove(old)
-            if vec is not None:
-                self.index.add(req.scope, entry_id, vec, record.expires)
-            with self._book:
-                for old in replaced:
-                    self.tracker.remove(old)
-                self.tracker.add(entry_id, meta.size, record.expires)
+            self._track_stored(entry_id, record, meta, replaced, vec)
         return entry_id
+
+    def _track_stored(self, entry_id: int, record: EntryRecord, meta: EntryMeta,
+                      replaced: list[int], vec: np.ndarray | None) -> None:
+        """After a commit: replaced entries leave index and tracker, the new one joins
+        both.  Called with ``_lock`` held."""
+        for old in replaced:
+            self.index.remove(old)
+        if vec is not None:
+            self.index.add(record.scope, entry_id, vec, record.expires)
+        with self._book:
+            for old in replaced:
+                self.tracker.remove(old)
+            self.tracker.add(entry_id, meta.size, record.expires)
 
     def _evict_locked(self, incoming: int) -> None:
         """Make room for one entry of ``incoming`` bytes.  Once a cap would be exceeded,
@@ -415,14 +421,7 @@ class SemanticCache:
                 self.evictions += len(victims)
             for (record, vec), (entry_id, meta, replaced) in zip(
                     items, self.store_db.put_many(items), strict=True):
-                for old in replaced:
-                    self.index.remove(old)
-                if vec is not None:
-                    self.index.add(record.scope, entry_id, vec, record.expires)
-                with self._book:
-                    for old in replaced:
-                        self.tracker.remove(old)
-                    self.tracker.add(entry_id, meta.size, record.expires)
+                self._track_stored(entry_id, record, meta, replaced, vec)
                 ids.append(entry_id)
         return ids
 

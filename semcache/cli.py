@@ -99,8 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # ------------------------------------------------------------ bench savings, calibrate
-_BENCH_SETTINGS = ["threshold", "near_miss_guard", "embedding_model", "embedding_device", "embedding_threads",
-                   "log_level"]
+_BENCH_SETTINGS = ["threshold", "near_miss_guard", "embedding_model", "embedding_backend",
+                   "embedding_device", "embedding_threads", "embedding_cache_dir", "log_level"]
 
 
 def _floats(text: str) -> list[float]:
@@ -198,8 +198,10 @@ def _run_bench_command(args: argparse.Namespace, settings: Settings,
     from .calibrate import calibrate
     from .settings import write_env_file
 
-    embedder = load_embedder(settings.embedding_model, device=settings.embedding_device,
-                             threads=settings.embedding_threads)
+    embedder = load_embedder(
+        settings.embedding_model, backend=settings.embedding_backend,
+        device=settings.embedding_device, threads=settings.embedding_threads,
+        cache_dir=settings.model_dir)  # the backend the sidecar would use
     result = calibrate(args.pairs, args.target_precision, embedder, limit=args.limit,
                        progress=not args.no_progress and sys.stderr.isatty(),
                        guard=settings.near_miss_guard)

@@ -419,13 +419,8 @@ class Store:
 
         Reads one consistent snapshot; the vectors are copies.
         """
-        with self._env.begin() as txn:
-            vec_cursor = txn.cursor(db=self._vectors)
-            for key, raw in txn.cursor(db=self._meta_by_id):
-                vec_raw = vec_cursor.get(key)
-                vec = (np.frombuffer(vec_raw, dtype=np.float32).copy()
-                       if vec_raw is not None else None)
-                yield _id(key), EntryMeta.unpack(bytes(raw)), vec
+        for entry_id, raw, vec in self._with_vectors(self._meta_by_id):
+            yield entry_id, EntryMeta.unpack(raw), vec
 
     def iter_records(self, start: int = 0) -> Generator[tuple[int, EntryRecord], None, None]:
         """Every full record with id ``>= start``, by id."""
@@ -441,13 +436,19 @@ class Store:
     ) -> Generator[tuple[int, EntryRecord, np.ndarray | None], None, None]:
         """Every full record with its vector (a copy; None for exact-only entries), by id,
         from one consistent snapshot."""
+        for entry_id, raw, vec in self._with_vectors(self._entries):
+            yield entry_id, EntryRecord.unpack(raw), vec
+
+    def _with_vectors(self, db: Any) -> Iterator[tuple[int, bytes, np.ndarray | None]]:
+        """``(id, raw value, vector copy or None)`` of every key of ``db``, by id, from one
+        read snapshot."""
         with self._env.begin() as txn:
             vec_cursor = txn.cursor(db=self._vectors)
-            for key, raw in txn.cursor(db=self._entries):
+            for key, raw in txn.cursor(db=db):
                 vec_raw = vec_cursor.get(key)
                 vec = (np.frombuffer(vec_raw, dtype=np.float32).copy()
                        if vec_raw is not None else None)
-                yield _id(key), EntryRecord.unpack(bytes(raw)), vec
+                yield _id(key), bytes(raw), vec
 
     def iter_meta(self) -> Iterator[tuple[int, EntryMeta]]:
         """Every entry's id and meta, by id, without vectors or bodies (one read snapshot)."""

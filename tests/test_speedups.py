@@ -39,33 +39,6 @@ def _native():  # type: ignore[no-untyped-def]
         raise
 
 
-block = st.integers(0, 40).flatmap(lambda n: st.tuples(
-    st.just(n), st.integers(1, 24), st.integers(0, 2**32 - 1),
-    st.floats(-1.0, 1.0), st.floats(0.0, 2.0)))
-
-
-@settings(max_examples=200, deadline=None)
-@given(block)
-def test_native_and_twin_agree_on_block_scans(params: tuple[int, int, int, float, float]) -> None:
-    native = _native()
-    if native is None:
-        pytest.skip("semcache._cselect is not built; nothing native to compare")
-    n, d, seed, threshold, now = params
-    rng = np.random.default_rng(seed)
-    cap = n + int(rng.integers(0, 4))
-    vecs = rng.standard_normal((cap, d)).astype(np.float32)
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    q = vecs[int(rng.integers(0, cap))].copy() if cap else rng.standard_normal(d).astype(np.float32)
-    expires = rng.choice([0.5, 1.5, np.inf], size=cap)
-    live = rng.integers(0, 2, size=cap).astype(np.uint8)
-    a = native.best_in_block(vecs, n, q, expires, live, now, threshold)
-    b = _pyselect.best_in_block(vecs, n, q, expires, live, now, threshold)
-    assert (a[0] >= 0) == (b[0] >= 0) or abs(a[1] - threshold) < 1e-5
-    assert a[1] == b[1] or abs(a[1] - b[1]) < 1e-5
-    if a[0] >= 0 and b[0] >= 0 and a[0] != b[0]:  # only a float tie may pick another row
-        assert abs(float(vecs[a[0]] @ q) - float(vecs[b[0]] @ q)) < 1e-5
-
-
 @settings(max_examples=200, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(0, 30), st.floats(-1.0, 1.0))
 def test_native_and_twin_agree_on_candidates(seed: int, k: int, threshold: float) -> None:
