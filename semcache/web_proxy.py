@@ -305,14 +305,23 @@ async def _relay_stream(
     creq: CacheRequest | None, controls: Controls, flight: Flight | None,
     headers: Any, charge: accounting.Charge,
 ) -> web.StreamResponse:
-    """Relay SSE bytes as they arrive while assembling; store only a complete stream."""
+    """Relay SSE bytes as they arrive while assembling; store only a complete stream.
+
+    A client that goes away mid-answer stops the relay and closes the upstream connection
+    (routers that abort on disconnect then stop generating); nothing is stored unless the
+    stream had already completed, as when a client hangs up right after ``[DONE]``.
+    """
     out = web.StreamResponse(status=200, headers=headers)
     await out.prepare(request)
     assembler = StreamAssembler(chat=request.path == CHAT)
+    client_gone = False
     try:
         async for chunk in upstream_resp.content.iter_any():
             assembler.feed(chunk)
-            await out.write(chunk)
+            if not await _send(out, chunk):
+                client_gone = True
+                upstream_resp.close()  # drop the connection: no reading a dead answer
+                break
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         # the upstream broke mid-answer: nothing is stored and the client sees the
         # stream break as it would without the cache
@@ -323,11 +332,26 @@ async def _relay_stream(
             request.transport.close()
         return out
     charge.settle(200, assembler.body())
-    await out.write_eof()
+    if not client_gone and not await _send(out, None):
+        client_gone = True
+    if client_gone:
+        log.info("client left %s before the end of the stream", request.path)
     if creq is not None and not controls.no_store:
         answer = assembler.body() if assembler.complete else None
         _admit(rt, creq, 200 if assembler.complete else 599, answer, controls, flight)
     return out
+
+
+async def _send(out: web.StreamResponse, data: bytes | None) -> bool:
+    """Write ``data`` (None: end the body) to the client; False when the client is gone."""
+    try:
+        if data is None:
+            await out.write_eof()
+        else:
+            await out.write(data)
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError included
+        return False
+    return True
 
 
 def _admit(rt: Runtime, creq: CacheRequest, status: int, answer: Any, controls: Controls,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
@@ -425,3 +426,49 @@ async def test_concurrent_lookups_share_forward_passes_and_stores_reuse_them(
     assert batches < len(questions) and largest > 1  # ...in shared forward passes
     cache = sc.runtime.cache
     assert cache is not None and len(cache) == len(questions)  # and every answer was stored
+
+
+async def test_a_client_that_hangs_up_after_done_still_gets_the_answer_stored(
+        start_sidecar: SidecarFactory, fake: Fake) -> None:
+    """Clients (the openai SDK among them) may close as soon as they read [DONE]."""
+    sc = start_sidecar()
+    body = {"model": "gpt-4o-mini", "stream": True,
+            "messages": [{"role": "user", "content": "Hang up right after DONE"}]}
+    for _ in range(3):  # the race between [DONE] and the end of the body, a few times
+        reader, writer = await asyncio.open_connection("127.0.0.1", sc.server.port)
+        payload = json.dumps(body).encode()
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"application/json\r\nAuthorization: Bearer sk-test-1\r\n"
+                     b"Cache-Control: no-cache\r\nContent-Length: "
+                     + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+        await writer.drain()
+        seen = b""
+        while b"data: [DONE]" not in seen:
+            chunk = await reader.read(65536)
+            assert chunk, seen[-200:]
+            seen += chunk
+        writer.transport.abort()  # gone, without reading the end of the body
+        await asyncio.get_running_loop().run_in_executor(None, sc.wait_stores)
+    raw = client(sc).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=body["messages"])
+    assert raw.headers["x-semcache-status"] == "hit"
+    assert sc.runtime.counters.upstream_errors == 0  # a client leaving is not an upstream error
+
+
+async def test_a_client_that_leaves_mid_stream_stores_nothing(
+        start_sidecar: SidecarFactory, fake: Fake) -> None:
+    fake.config.chunk_delay = 0.05
+    sc = start_sidecar()
+    body = {"model": "gpt-4o-mini", "stream": True,
+            "messages": [{"role": "user", "content": "Leave in the middle of this answer"}]}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(sc.url + CHAT, json=body) as r:
+            assert r.status == 200
+            await r.content.readany()  # the first event, then leave
+    await asyncio.sleep(1.0)
+    await asyncio.get_running_loop().run_in_executor(None, sc.wait_stores)
+    assert len(sc.runtime.cache or []) == 0
+    assert sc.runtime.counters.upstream_errors == 0  # the client left; the upstream was fine
+    fake.config.chunk_delay = 0.0
+    h, _ = ask(client(sc), "Leave in the middle of this answer")  # and the server goes on
+    assert h["x-semcache-status"] == "miss"
