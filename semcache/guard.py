@@ -165,7 +165,7 @@ BIGRAMS = {("turn", "on"): "turn-on", ("turn", "off"): "turn-off", ("set", "up")
            ("isnt", "working"): "broken", ("stopped", "working"): "broken",
            ("least", "expensive"): "least-expensive"}
 
-NEGATIONS = frozenset({"not", "no", "never", "without", "cannot", "nor", "none", "excluding",
+NEGATIONS = frozenset({"not", "no", "non", "never", "without", "cannot", "nor", "none", "excluding",
                        "except", "dont", "doesnt", "isnt", "arent", "wasnt", "werent",
                        "cant", "wont", "shouldnt", "wouldnt", "couldnt", "didnt", "hasnt",
                        "havent", "unable", "neither"})
@@ -196,7 +196,15 @@ _KEEP_AMBIGUOUS = {"position": {"first", "last", "latest", "newest", "oldest", "
                    "run": {"kill", "launch"},
                    "cloud": {"lambda", "amazon"}}
 
-_TOKEN = re.compile(r"[a-z]+:[^\s,;]+|\$|€|£|¥|₹|%|c\+\+|c#|f#|node\.js|\d+(?:[.,:/-]\d+)*|[a-zà-ÿ]+(?:'[a-z]+)?")
+_TOKEN = re.compile(r"[a-z]+:[^\s,;]+|\$|€|£|¥|₹|%|c\+\+|c#|f#|node\.js|[a-z]+\d+[a-z\d]*(?![.,]\d)"
+                    r"|\d+(?:[.,:/-]\d+)*|[a-zà-ÿ]+(?:'[a-z]+)?")
+# "mp4", "ps5", "h264", "gpt4o": one identifier, not a word and a number
+_IDENT = re.compile(r"([a-z]+)(\d[a-z\d]*)")
+# "1) first ... 2) then" and "(a)" list markers are not quantities
+_LIST_MARKER = re.compile(r"(?:^|(?<=\s))\(?\d{1,2}\)\s")
+# negation words inside these phrases do not negate the question
+_NOT_NEGATING = re.compile(r"\b(?:whether or not|or not|not only|no matter|no one|nothing but|"
+                           r"can't wait|cannot wait|not sure)\b")
 _QUOTED = re.compile(r"'([^']{2,})'|\"([^\"]{2,})\"|“([^”]{2,})”")
 _OPERATOR = re.compile(r"^([a-z]+):(.+)$")
 # a language or format the answer must be in: "to French", "into JSON", "(Spanish)"
@@ -209,6 +217,8 @@ class Facts:
     """The typed facts of one text that must agree for two texts to share an answer."""
 
     numbers: tuple[str, ...]
+    soft_numbers: tuple[str, ...]  # "one" as in "does one need": a number only beside numbers
+    idents: frozenset[tuple[str, str]]
     quantities: frozenset[tuple[str, str]]
     groups: tuple[tuple[str, frozenset[str]], ...]
     negated: bool
@@ -216,11 +226,31 @@ class Facts:
     directed: frozenset[tuple[str, str]]
     quoted: frozenset[str]
     targets: frozenset[str]
+    entities: frozenset[str]  # capitalised names and acronyms, lowercased, aliases resolved
+    words: frozenset[str]  # every word of the text, lowercased (to find an entity's mention)
+
+
+_THOUSANDS = re.compile(r"\d{1,3}(,\d{3})+")
+_NUM_UNIT = re.compile(r"v?(\d+(?:[.,]\d+)*)([a-z%]+)?")
+_DIGITS = re.compile(r"\d+")
+_WORDS = re.compile(r"[a-z0-9]+")
+
+
+def _group_index() -> dict[str, tuple[tuple[str, str], ...]]:
+    """token -> ((group, canonical value), ...), ambiguous senses left out: one lookup
+    per token instead of one per group."""
+    index: dict[str, list[tuple[str, str]]] = {}
+    for name, table in GROUPS.items():
+        for tok, value in table.items():
+            if tok in _AMBIGUOUS and tok not in _KEEP_AMBIGUOUS.get(name, ()):
+                continue
+            index.setdefault(tok, []).append((name, value))
+    return {tok: tuple(v) for tok, v in index.items()}
 
 
 def _number(tok: str) -> str | None:
     if tok[0].isdigit():
-        t = tok.replace(",", "") if re.fullmatch(r"\d{1,3}(,\d{3})+", tok) else tok
+        t = tok.replace(",", "") if _THOUSANDS.fullmatch(tok) else tok
         return t.rstrip(".").lstrip("0") or "0"
     if tok in NUMBER_WORDS:
         return str(NUMBER_WORDS[tok])
@@ -235,13 +265,16 @@ def _canonical(tok: str) -> str:
 def facts(text: str) -> Facts:
     """Extract the typed facts of ``text`` (cached: texts repeat)."""
     low = text.lower().replace("*", "").replace("_", " ").replace("’", "'")
+    low = _NOT_NEGATING.sub(" ", _LIST_MARKER.sub(" ", low))
+    for short, long in _EXPANSIONS.items():
+        low = low.replace(short, long)
     quoted = frozenset(next(g for g in m.groups() if g).strip() for m in _QUOTED.finditer(low))
     raw = [_canonical(t) for t in _TOKEN.findall(low)]
     # split "5km" / "10gb" / "v3.2" into number + unit / version
     tokens: list[str] = []
     for tok in raw:
-        m = re.fullmatch(r"v?(\d+(?:[.,]\d+)*)([a-z%]+)?", tok)
-        if m and (tok[0].isdigit() or tok.startswith("v")):
+        m = _NUM_UNIT.fullmatch(tok) if tok[0].isdigit() or tok[0] == "v" else None
+        if m:
             tokens.append(m.group(1))
             if m.group(2):
                 tokens.append(m.group(2))
@@ -259,6 +292,8 @@ def facts(text: str) -> Facts:
             i += 1
 
     numbers: list[str] = []
+    soft: list[str] = []
+    idents: set[tuple[str, str]] = set()
     quantities: set[tuple[str, str]] = set()
     groups: dict[str, set[str]] = {}
     operators: dict[str, set[str]] = {}
@@ -267,11 +302,20 @@ def facts(text: str) -> Facts:
         op = _OPERATOR.match(tok)
         if op:
             operators.setdefault(op.group(1), set()).add(op.group(2))
-            numbers.extend(n.lstrip("0") or "0" for n in re.findall(r"\d+", op.group(2))
+            numbers.extend(n.lstrip("0") or "0" for n in _DIGITS.findall(op.group(2))
                            if op.group(1) not in ("after", "before"))
             continue
         if tok in NEGATIONS or tok.endswith("nt") and tok[:-2] + "n't" in low:
             negated = True
+            continue
+        senses = _GROUP_INDEX.get(tok, ())
+        ident = (_IDENT.fullmatch(tok) if tok[0].isalpha() and not tok.isalpha()
+                 and tok not in _ALL_GROUP_TOKENS else None)
+        if ident:
+            idents.add((ident.group(1), ident.group(2)))
+            continue
+        if tok == "one" and not (k + 1 < len(merged) and merged[k + 1] in _COUNTABLE_AFTER_ONE):
+            soft.append("1")
             continue
         num = _number(tok)
         if num is not None:
@@ -283,12 +327,7 @@ def facts(text: str) -> Facts:
             if unit:
                 quantities.add((num, unit))
             continue
-        for name, table in GROUPS.items():
-            value = table.get(tok)
-            if value is None:
-                continue
-            if tok in _AMBIGUOUS and tok not in _KEEP_AMBIGUOUS.get(name, ()):
-                continue
+        for name, value in senses:
             groups.setdefault(name, set()).add(value)
     targets = frozenset(
         value for word in _TARGET.findall(low)
@@ -297,6 +336,8 @@ def facts(text: str) -> Facts:
         (a, b) for a, b in _DIRECTED.findall(low) if a != b and a not in ("how", "what", "want"))
     return Facts(
         numbers=tuple(sorted(Counter(numbers).elements())),
+        soft_numbers=tuple(soft),
+        idents=frozenset(idents),
         quantities=frozenset(quantities),
         groups=tuple(sorted((k, frozenset(v)) for k, v in groups.items())),
         negated=negated,
@@ -304,14 +345,61 @@ def facts(text: str) -> Facts:
         directed=directed,
         quoted=quoted,
         targets=targets,
+        entities=_entities(text),
+        words=frozenset(_WORDS.findall(_alias_text(low))),
     )
+
+
+def _alias_text(low: str) -> str:
+    return _PHRASE.sub(lambda m: _ENTITY_PHRASES[m.group(0).lower()], low)
+
+
+def _entities(text: str) -> frozenset[str]:
+    """Names in ``text``: capitalised words not opening a sentence, and acronyms; the
+    vocabulary of the typed groups and question words are not names."""
+    out = set()
+    spaced = _PHRASE.sub(lambda m: _ENTITY_PHRASES[m.group(0).lower()].capitalize(),
+                         _ENTITY_SPACE.sub(" ", text.strip()))
+    for m in _CAPITALISED.finditer(spaced):
+        word = m.group(1).lower()
+        word = _ENTITY_ALIASES.get(word, word)
+        if word in _NOT_ENTITIES or word in NUMBER_WORDS or word in _ALL_GROUP_TOKENS:
+            continue
+        out.add(word)
+    return frozenset(out)
+
+
+_DEMONYM = re.compile(r"(?:ish|ian|ese|an|i|a|e)$")
+
+
+def _stem(word: str) -> str:
+    """Canada, Canadian -> canad; Jews, Jewish -> jew; Iran and Iraq stay apart."""
+    w = word[:-1] if word.endswith("s") and len(word) > 3 else word
+    cut = _DEMONYM.sub("", w)
+    return cut if len(cut) >= 3 else w
+
+
+def _mentioned(entity: str, words: frozenset[str]) -> bool:
+    """Whether ``entity`` occurs among ``words``, also as another form of the name."""
+    if entity in words:
+        return True
+    stem = _stem(entity)
+    return any(_stem(w) == stem for w in words if w[:1] == entity[:1])
 
 
 def conflict(a: str, b: str) -> str | None:
     """Why ``a`` and ``b`` must not share an answer, or None when no typed fact differs."""
     fa, fb = facts(a), facts(b)
-    if fa.numbers != fb.numbers:
-        return f"numbers differ: {list(fa.numbers)} vs {list(fb.numbers)}"
+    na, nb = fa.numbers, fb.numbers
+    if fa.soft_numbers and nb and not na:
+        na = tuple(sorted(na + fa.soft_numbers))
+    if fb.soft_numbers and na and not fb.numbers:
+        nb = tuple(sorted(nb + fb.soft_numbers))
+    if na != nb:
+        return f"numbers differ: {list(na)} vs {list(nb)}"
+    if fa.idents != fb.idents:  # "ps4" / "ps5", "mp3" / "flac", "K2" / "Everest"
+        return (f"identifiers differ: {sorted(a + b for a, b in fa.idents)} vs "
+                f"{sorted(a + b for a, b in fb.idents)}")
     if fa.quantities and fb.quantities and fa.quantities != fb.quantities:
         return f"quantities differ: {sorted(fa.quantities)} vs {sorted(fb.quantities)}"
     if fa.negated != fb.negated:
@@ -335,8 +423,48 @@ def conflict(a: str, b: str) -> str | None:
             return f"direction reversed: {x}->{y} vs {y}->{x}"
     if fa.quoted and fb.quoted and fa.quoted != fb.quoted:
         return "quoted text differs"
+    if fa.entities and fb.entities:  # both name something, and each names what the other does not
+        only_a = sorted(e for e in fa.entities if not _mentioned(e, fb.words))
+        only_b = sorted(e for e in fb.entities if not _mentioned(e, fa.words))
+        if only_a and only_b:
+            return f"named entities differ: {only_a} vs {only_b}"
     return None
 
 
+# A capitalised word or an acronym that does not open a sentence.
+_CAPITALISED = re.compile(r"(?<![.?!:]\s)(?<!^)(?<!-)\b([A-Z][a-zA-Z]+|[A-Z]{2,})\b")
+_ENTITY_SPACE = re.compile(r"\s+")
+_NOT_ENTITIES = frozenset({"i", "im", "ive", "id", "ill", "what", "how", "why", "who", "when",
+                           "where", "which", "is", "can", "the", "a", "an", "please", "thanks",
+                           "eli", "faq", "tldr", "vs", "ok", "okay", "hi", "hello", "dear",
+                           "simplified", "traditional"})
+# Names that are the same place or thing, and phrases that name one ("New York").
+_ENTITY_ALIASES = {"usa": "us", "america": "us", "american": "us", "americans": "us",
+                   "uk": "britain", "british": "britain", "england": "britain",
+                   "nyc": "york", "ny": "york", "la": "angeles", "sf": "francisco",
+                   "corp": "corporation", "inc": "incorporated", "eu": "europe",
+                   "european": "europe", "un": "nations", "gb": "britain"}
+_ENTITY_PHRASES = {"united states": "us", "united kingdom": "britain", "great britain": "britain",
+                   "new york": "york", "los angeles": "angeles", "san francisco": "francisco",
+                   "european union": "europe", "united nations": "nations"}
+
+_PHRASE = re.compile("|".join(re.escape(p) for p in _ENTITY_PHRASES), re.IGNORECASE)
+
+# Shorthands spelled out before tokenizing.
+_EXPANSIONS = {"eli5": "explain like i'm five"}
+
+# "one" is the number 1 only before a countable word ("one day", "one more"); elsewhere
+# ("does one need", "in one go", "which one") it counts only when the other text has numbers.
+_COUNTABLE_AFTER_ONE = frozenset({
+    "day", "days", "week", "month", "year", "hour", "minute", "second", "time", "more", "less",
+    "dollar", "euro", "pound", "item", "page", "line", "word", "sentence", "paragraph",
+    "example", "step", "thing", "person", "people", "cup", "table", "file", "row", "column",
+    "bullet", "point", "option", "sample", "question", "answer", "tip", "idea", "reason",
+    "piece", "book", "movie", "song", "meal", "bedroom", "kid", "child", "dog", "cat",
+}) | frozenset(GROUPS["unit"])
+
 # Groups whose mere presence on one side changes the question (a language, a day...).
 _ONE_SIDED = frozenset({"solved", "month", "weekday"})
+
+_GROUP_INDEX = _group_index()
+_ALL_GROUP_TOKENS = frozenset(tok for table in GROUPS.values() for tok in table)

@@ -30,6 +30,13 @@ from tests.conftest import CacheFactory, answer, chat, langcache_pairs
     ("How to sort a list in Python?", "How do I sort a list in Python without sorted()?"),
     ("markdown table alignment help", "markdown table alignment help (Spanish)"),
     ("nearest EV charging station", "cheapest EV charging station"),
+    ("PS4 controller battery life", "PS5 controller battery life"),  # identifiers
+    ("convert wav to mp3 with ffmpeg", "convert wav to flac with ffmpeg"),
+    ("Who is the mayor of Paris?", "Who is the mayor of Lyon?"),  # named entities
+    ("best pizza places in New York", "best pizza places in Chicago"),
+    ("show me New York time now", "current time in Los Angeles"),
+    ("Give one example of recursion", "Give two examples of recursion"),
+    ("libraries for non-blocking IO in rust", "libraries for blocking IO in rust"),
 ])
 def test_near_misses_conflict(a: str, b: str) -> None:
     assert conflict(a, b) is not None
@@ -46,6 +53,15 @@ def test_near_misses_conflict(a: str, b: str) -> None:
     ("after:2025-06-01 sort:recent tag:release", "tag:release sort:recent after:2025-06-01"),
     ("nearest public library", "closest public library"),
     ("How do I revers a strng in pyhton", "how do i reverse a string in python"),
+    ("How much time does one need to learn JavaScript?", "How many days are needed to learn JavaScript?"),
+    ("How can I know whether or not a girl likes me?", "How do I know if a girl likes me?"),
+    ("It works in two steps: 1) download the data 2) build it",
+     "It is a two-step process: download the data, build it"),
+    ("price of iphone 16 in the US", "iphone 16 cost in the United States"),
+    ("show me New York time now", "current time in New York"),
+    ("How do I convert an mp4 to a gif?", "convert mp4 into gif"),
+    ("Are Jews descended from the Israelites?", "Is the Jewish people descended from the Israelites?"),
+    ("explain CAP theorem like I'm five", "ELI5 CAP theorem explanation"),
 ])
 def test_paraphrases_pass(a: str, b: str) -> None:
     assert conflict(a, b) is None
