@@ -1,7 +1,9 @@
 """``semcache demo``: the library on the real model, FAISS and LMDB, in one minute.
 
 Stores a few answers, then asks paraphrases (which should hit) and near-misses (which
-should not), printing each decision with its similarity.
+should not), printing each decision with the similarity of the nearest stored question —
+for misses too — and, when the near-miss guard refused a match above the threshold, why:
+``MISS (guard: numbers differ)  0.981``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 from typing import TextIO
 
 from .cache import SemanticCache
+from .guard import conflict
+from .keys import CacheRequest
 from .settings import Settings
 
 __all__ = ["run_demo"]
@@ -65,21 +69,44 @@ def run_demo(settings: Settings | None = None, out: TextIO | None = None) -> int
                 req = cache.request("/v1/chat/completions", _chat(question))
                 cache.store(req, _answer(question, text))
             print(f"stored {len(STORED)} answers\n", file=out)
-            print(f"{'decision':<8} {'match':<9} {'sim':>6}  {'kind':<13} question -> answer",
-                  file=out)
+            print(f"{'decision':<{_WIDTH}} {'match':<9} {'sim':>6}  {'kind':<13} "
+                  "question -> answer (or nearest stored question)", file=out)
             for question, kind in QUESTIONS:
                 req = cache.request("/v1/chat/completions", _chat(question))
+                refused = cache.guard_rejections
                 t = time.perf_counter()
                 hit = cache.lookup(req)
                 ms = (time.perf_counter() - t) * 1000
                 if hit is None:
-                    print(f"{'MISS':<8} {'-':<9} {'':>6}  {kind:<13} {question}  ({ms:.1f} ms)",
-                          file=out)
+                    sim, nearest = _nearest(cache, req)
+                    decision = "MISS"
+                    if cache.guard_rejections > refused and nearest is not None:
+                        why = conflict(question, nearest) or "refused"
+                        decision = f"MISS (guard: {why.split(':')[0]})"
+                    shown = f"{sim:6.3f}" if sim is not None else f"{'-':>6}"
+                    tail = f"  (nearest: {nearest})" if nearest is not None else ""
+                    print(f"{decision:<{_WIDTH}} {'-':<9} {shown}  {kind:<13} {question}{tail}  "
+                          f"({ms:.1f} ms)", file=out)
                 else:
                     answer = hit.json()["choices"][0]["message"]["content"]
-                    print(f"{'HIT':<8} {hit.match:<9} {hit.similarity:6.3f}  {kind:<13} "
+                    print(f"{'HIT':<{_WIDTH}} {hit.match:<9} {hit.similarity:6.3f}  {kind:<13} "
                           f"{question} -> {answer}  ({ms:.1f} ms)", file=out)
     return 0
+
+
+_WIDTH = 30  # the decision column: "MISS (guard: identifiers differ)" and the like
+
+
+def _nearest(cache: SemanticCache, req: CacheRequest) -> tuple[float | None, str | None]:
+    """Similarity and text of the most similar live entry of ``req``'s scope, whatever the
+    threshold (what a miss missed by); ``(None, None)`` when the scope is empty."""
+    if not req.semantic_text:
+        return None, None
+    found = cache.index.search(req.scope, cache.embed(req.semantic_text), -1.0, cache.clock())
+    if found.entry_id < 0:
+        return None, None
+    record = cache.store_db.get(found.entry_id)
+    return min(1.0, float(found.score)), record.text if record is not None else None
 
 
 def _chat(question: str) -> dict[str, object]:
