@@ -53,6 +53,8 @@ _group("switch", {"enable": ("enabled", "enabling", "activate", "turn-on"),
                   "disable": ("disabled", "disabling", "deactivate", "turn-off")})
 _group("change", {"add": ("insert", "create", "adding"),
                   "remove": ("delete", "deleting", "drop", "removing", "prune", "clean")})
+_group("access", {"list": ("listing", "show", "enumerate", "read", "view"),
+                  "delete": ("deleting", "remove", "removing", "erase")})
 _group("install", {"install": ("installing", "setup", "set-up"), "uninstall": ("remove-package",)})
 _group("codec", {"encode": ("encoding", "encrypt", "encryption", "compress", "compression"),
                  "decode": ("decoding", "decrypt", "decryption", "decompress", "decompression")})
@@ -223,6 +225,7 @@ class Facts:
     groups: tuple[tuple[str, frozenset[str]], ...]
     negated: bool
     operators: tuple[tuple[str, frozenset[str]], ...]
+    locales: frozenset[str]
     directed: frozenset[tuple[str, str]]
     quoted: frozenset[str]
     targets: frozenset[str]
@@ -342,6 +345,7 @@ def facts(text: str) -> Facts:
         groups=tuple(sorted((k, frozenset(v)) for k, v in groups.items())),
         negated=negated,
         operators=tuple(sorted((k, frozenset(v)) for k, v in operators.items())),
+        locales=frozenset(f"{a}-{b}" for a, b in _LOCALE.findall(text.lower())),
         directed=directed,
         quoted=quoted,
         targets=targets,
@@ -415,6 +419,8 @@ def conflict(a: str, b: str) -> str | None:
     for name in ga.keys() ^ gb.keys():
         if name in _ONE_SIDED:
             return f"{name} only on one side: {sorted(ga.get(name) or gb.get(name) or [])}"
+    if fa.locales and fb.locales and fa.locales != fb.locales:
+        return f"locales differ: {sorted(fa.locales)} vs {sorted(fb.locales)}"
     oa, ob = dict(fa.operators), dict(fb.operators)
     if oa and ob and oa != ob:
         return f"search operators differ: {sorted(oa.items())} vs {sorted(ob.items())}"
@@ -451,7 +457,10 @@ _ENTITY_PHRASES = {"united states": "us", "united kingdom": "britain", "great br
 _PHRASE = re.compile("|".join(re.escape(p) for p in _ENTITY_PHRASES), re.IGNORECASE)
 
 # Shorthands spelled out before tokenizing.
-_EXPANSIONS = {"eli5": "explain like i'm five"}
+_EXPANSIONS = {"eli5": "explain like i'm five", "°f": " fahrenheit", "°c": " celsius",
+               "° f": " fahrenheit", "° c": " celsius"}
+# "pt-BR", "en_US", "zh-TW": a locale the answer must be in
+_LOCALE = re.compile(r"\b([a-z]{2})[-_]([a-z]{2})\b")
 
 # "one" is the number 1 only before a countable word ("one day", "one more"); elsewhere
 # ("does one need", "in one go", "which one") it counts only when the other text has numbers.

@@ -37,6 +37,9 @@ from tests.conftest import CacheFactory, answer, chat, langcache_pairs
     ("show me New York time now", "current time in Los Angeles"),
     ("Give one example of recursion", "Give two examples of recursion"),
     ("libraries for non-blocking IO in rust", "libraries for blocking IO in rust"),
+    ("list all files in the bucket", "delete all files in the bucket"),  # list / delete
+    ("weather in Oslo tomorrow (°F)", "weather in Oslo tomorrow in celsius"),
+    ("translate to Portuguese (pt-PT)", "translate to Portuguese (pt-BR)"),
 ])
 def test_near_misses_conflict(a: str, b: str) -> None:
     assert conflict(a, b) is not None
