@@ -3,7 +3,9 @@
 One :class:`Upstream` per server holds one ``aiohttp.ClientSession`` (connection pool).
 Requests are forwarded with the client's headers minus hop-by-hop headers and semcache's
 own ``X-Semcache-*`` controls; ``Authorization`` is passed through untouched and never
-logged.  Connection failures become :class:`UpstreamError` (502) and time-outs
+logged.  Hop-by-hop means the fixed list of :data:`HOP_BY_HOP` *and* every header the
+message names in its ``Connection`` header (RFC 9110 §7.6.1), in both directions.
+Connection failures become :class:`UpstreamError` (502) and time-outs
 :class:`UpstreamTimeoutError` (504), so the one error middleware answers them in the
 OpenAI error shape.
 """
@@ -20,7 +22,7 @@ from multidict import CIMultiDict
 
 from .errors import UpstreamError, UpstreamTimeoutError
 
-__all__ = ["Upstream", "HOP_BY_HOP", "response_headers"]
+__all__ = ["Upstream", "HOP_BY_HOP", "response_headers", "connection_options"]
 
 HOP_BY_HOP = frozenset(h.lower() for h in (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
@@ -28,13 +30,30 @@ HOP_BY_HOP = frozenset(h.lower() for h in (
 ))
 
 
+def connection_options(headers: Mapping[str, str]) -> frozenset[str]:
+    """The lower-cased header names listed in ``headers``' ``Connection`` field(s)
+    (``Connection: close, X-Hop`` -> ``{"close", "x-hop"}``): per RFC 9110 §7.6.1 a proxy
+    must not forward the headers they name.  Repeated ``Connection`` fields all count."""
+    getall = getattr(headers, "getall", None)
+    values = (getall("Connection", []) if getall is not None else
+              [v for k, v in headers.items() if k.lower() == "connection"])
+    return frozenset(token.strip().lower() for value in values for token in value.split(",")
+                     if token.strip())
+
+
+def _hop_by_hop(headers: Mapping[str, str]) -> frozenset[str]:
+    return HOP_BY_HOP | connection_options(headers)
+
+
 def response_headers(headers: Mapping[str, str], *, drop_encoding: bool = False) -> CIMultiDict[str]:
-    """Upstream response headers fit to relay: hop-by-hop removed (and the body encoding
-    when the proxy re-serialises the body)."""
+    """Upstream response headers fit to relay: hop-by-hop removed, including those the
+    response names in ``Connection`` (and the body encoding when the proxy re-serialises
+    the body)."""
     out: CIMultiDict[str] = CIMultiDict()
+    hop = _hop_by_hop(headers)
     for key, value in headers.items():
         low = key.lower()
-        if low in HOP_BY_HOP or (drop_encoding and low == "content-encoding"):
+        if low in hop or (drop_encoding and low == "content-encoding"):
             continue
         out.add(key, value)
     return out
@@ -70,12 +89,14 @@ class Upstream:
 
     @staticmethod
     def forward_headers(headers: Mapping[str, str], *, identity: bool) -> CIMultiDict[str]:
-        """Client headers to send upstream.  ``identity`` asks for an uncompressed body
-        (the cached endpoints parse it)."""
+        """Client headers to send upstream: hop-by-hop removed, including those the
+        request names in ``Connection``.  ``identity`` asks for an uncompressed body (the
+        cached endpoints parse it)."""
         out: CIMultiDict[str] = CIMultiDict()
+        hop = _hop_by_hop(headers)
         for key, value in headers.items():
             low = key.lower()
-            if low in HOP_BY_HOP or low.startswith("x-semcache-"):
+            if low in hop or low.startswith("x-semcache-"):
                 continue
             if identity and low == "accept-encoding":
                 continue
