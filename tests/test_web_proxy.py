@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import numpy as np
 import openai
 import pytest
+from aiohttp import web
 
+from semcache import Settings
+from semcache.fake_upstream import FakeConfig, make_fake_app
+from semcache.web_app import make_app
+from semcache.web_runtime import RUNTIME
 from tests.conftest import Fake, Sidecar, SidecarFactory, langcache_pairs
+from tests.servers import ThreadedApp
 
 CHAT = "/v1/chat/completions"
 Q = "What is the capital of France?"
@@ -42,13 +53,55 @@ def ask_stream(c: openai.OpenAI, text: str, **kw: Any) -> tuple[dict[str, str], 
     return dict(raw.headers), content, chunks
 
 
-def test_sync_non_stream_repeat_is_a_hit_and_upstream_saw_one_call(
-        start_sidecar: SidecarFactory, fake: Fake) -> None:
+async def aask(c: openai.AsyncOpenAI, text: str, *, stream: bool, **kw: Any
+               ) -> tuple[dict[str, str], str]:
+    """One chat request through the async SDK: response headers and the answer text."""
+    raw = await c.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": text}], stream=stream, **kw)
+    if not stream:
+        return dict(raw.headers), raw.parse().choices[0].message.content or ""
+    content = ""
+    async for chunk in raw.parse():
+        if chunk.choices:
+            content += chunk.choices[0].delta.content or ""
+    return dict(raw.headers), content
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One cell of issue 3's client matrix: the sync or the async openai SDK, with
+    ``stream`` on or off."""
+
+    asynchronous: bool
+    stream: bool
+
+
+MODES = [pytest.param(Mode(a, s), id=f"{'async' if a else 'sync'}-{'stream' if s else 'json'}")
+         for a in (False, True) for s in (False, True)]
+
+
+def send(sc: Sidecar, mode: Mode, text: str, key: str = "sk-test-1", **kw: Any
+         ) -> tuple[dict[str, str], str]:
+    """One chat request in ``mode`` on a fresh client: response headers and answer text."""
+    if mode.asynchronous:
+        async def run() -> tuple[dict[str, str], str]:
+            async with aclient(sc, key) as c:
+                return await aask(c, text, stream=mode.stream, **kw)
+        return asyncio.run(run())
+    with client(sc, key) as c:
+        if mode.stream:
+            headers, content, _ = ask_stream(c, text, **kw)
+            return headers, content
+        return ask(c, text, **kw)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_repeat_is_a_hit_and_the_upstream_saw_one_call(
+        start_sidecar: SidecarFactory, fake: Fake, mode: Mode) -> None:
     sc = start_sidecar()
-    c = client(sc)
-    h1, a1 = ask(c, Q)
+    h1, a1 = send(sc, mode, Q)
     sc.wait_stores()
-    h2, a2 = ask(c, Q)
+    h2, a2 = send(sc, mode, Q)
     assert h1["x-semcache-status"] == "miss"
     assert h2["x-semcache-status"] == "hit" and h2["x-semcache-match"] == "exact"
     assert h2["x-semcache-similarity"] == "1.0000" and int(h2["x-semcache-entry"]) > 0
@@ -112,41 +165,48 @@ async def test_async_client_stream_and_non_stream(start_sidecar: SidecarFactory,
     await c.close()
 
 
-def test_paraphrase_hits_and_near_miss_misses(start_sidecar: SidecarFactory, fake: Fake) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_paraphrase_hits_and_near_miss_misses(start_sidecar: SidecarFactory, fake: Fake,
+                                              mode: Mode) -> None:
     labels = {(a, b): y for a, b, y in langcache_pairs()}
     para = ("python sort list ascending", "how to sort a list in python ascending")
-    assert labels[para] == 1 and labels[NEAR] == 0
+    assert labels[para] == 1 and labels[NEAR] == 0  # langcache's own labels
     sc = start_sidecar()
-    c = client(sc)
-    _, original = ask(c, para[0])
+    _, original = send(sc, mode, para[0])
     sc.wait_stores()
-    h, answer = ask(c, para[1])
+    h, answer = send(sc, mode, para[1])
     assert h["x-semcache-status"] == "hit" and h["x-semcache-match"] == "semantic"
     assert answer == original
-    h, answer = ask(c, NEAR[1])
+    h, answer = send(sc, mode, NEAR[1])
     assert h["x-semcache-status"] == "miss" and answer != original
     assert fake.stats.total(CHAT) == 2
 
 
+@pytest.mark.parametrize("mode", MODES)
 def test_api_keys_never_share_unless_the_same_namespace_is_sent(
-        start_sidecar: SidecarFactory, fake: Fake) -> None:
+        start_sidecar: SidecarFactory, fake: Fake, mode: Mode) -> None:
     sc = start_sidecar()
-    a, b = client(sc, "sk-tenant-a"), client(sc, "sk-tenant-b")
-    ask(a, Q)
+    a, b = "sk-tenant-a", "sk-tenant-b"
+    _, answer_a = send(sc, mode, Q, a)
     sc.wait_stores()
-    assert ask(b, Q)[0]["x-semcache-status"] == "miss"
-    assert ask(b, PARA, extra_headers={"X-Semcache-Threshold": "0.8"})[0]["x-semcache-status"] \
-        == "hit"  # b's own entry, stored by the miss above
-    assert ask(a, Q)[0]["x-semcache-status"] == "hit"
+    h, answer_b = send(sc, mode, Q, b)
+    assert h["x-semcache-status"] == "miss" and fake.stats.total(CHAT) == 2
+    assert answer_b == answer_a  # the same (deterministic) answer, fetched again for b
+    sc.wait_stores()
+    assert send(sc, mode, PARA, b, extra_headers={"X-Semcache-Threshold": "0.8"})[0][
+        "x-semcache-status"] == "hit"  # b's own entry, stored by the miss above
+    assert send(sc, mode, Q, a)[0]["x-semcache-status"] == "hit"
     shared = {"X-Semcache-Namespace": "team-x"}
-    ask(a, "Shared question?", extra_headers=shared)
+    send(sc, mode, "Shared question?", a, extra_headers=shared)
     sc.wait_stores()
-    assert ask(b, "Shared question?", extra_headers=shared)[0]["x-semcache-status"] == "hit"
-    assert ask(b, "Shared question?")[0]["x-semcache-status"] == "miss"
-    assert ask(b, "Shared question?", extra_headers={"X-Semcache-Namespace": "team-y"})[0][
-        "x-semcache-status"] == "miss"
+    assert send(sc, mode, "Shared question?", b, extra_headers=shared)[0][
+        "x-semcache-status"] == "hit"
+    assert send(sc, mode, "Shared question?", b)[0]["x-semcache-status"] == "miss"
+    assert send(sc, mode, "Shared question?", b, extra_headers={"X-Semcache-Namespace": "team-y"})[
+        0]["x-semcache-status"] == "miss"
     # the upstream saw the real keys; the sidecar forwarded them untouched
     assert {"Bearer sk-tenant-a", "Bearer sk-tenant-b"} <= set(fake.stats.authorizations)
+    assert fake.stats.total(CHAT) == 5  # a, b, a's team-x, b alone, b's team-y
 
 
 def test_stream_broken_mid_way_is_not_stored(start_sidecar: SidecarFactory, fake: Fake) -> None:
@@ -162,20 +222,22 @@ def test_stream_broken_mid_way_is_not_stored(start_sidecar: SidecarFactory, fake
     assert len(sc.runtime.cache or []) == 1  # only the complete second answer
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("fault, exc", [("500", openai.InternalServerError),
                                         ("429", openai.RateLimitError)])
 def test_upstream_errors_pass_through_and_are_not_stored(
-        start_sidecar: SidecarFactory, fake: Fake, fault: str, exc: type) -> None:
+        start_sidecar: SidecarFactory, fake: Fake, fault: str, exc: type, mode: Mode) -> None:
     sc = start_sidecar()
-    c = client(sc)
     for _ in range(2):
         with pytest.raises(exc) as info:
-            ask(c, Q, extra_headers={"X-Fake-Fault": fault})
+            send(sc, mode, Q, extra_headers={"X-Fake-Fault": fault})
         assert info.value.status_code == int(fault)
         assert info.value.body["message"] == f"fake upstream fault {fault}"
-    sc.wait_stores()
-    assert fake.stats.total(CHAT) == 2
+        assert info.value.response.headers["x-semcache-status"] == "miss"
+        sc.wait_stores()
+    assert fake.stats.total(CHAT) == 2  # the second was not served from the cache
     assert len(sc.runtime.cache or []) == 0
+    assert send(sc, mode, Q)[0]["x-semcache-status"] == "miss"  # nor is anything stored
 
 
 @pytest.mark.parametrize("fault", ["length", "tool_calls", "garbage"])
@@ -203,22 +265,39 @@ def test_tool_call_answers_are_stored_when_enabled(start_sidecar: SidecarFactory
     assert raw.parse().choices[0].message.tool_calls[0].function.name == "lookup"
 
 
-async def test_twenty_concurrent_identical_requests_make_one_upstream_call(
-        start_sidecar: SidecarFactory, fake: Fake) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_twenty_concurrent_identical_requests_make_one_upstream_call(
+        start_sidecar: SidecarFactory, fake: Fake, mode: Mode) -> None:
     fake.config.latency = 0.5
     sc = start_sidecar()
-    c = aclient(sc)
+    text = "One flight only?"
+    results: list[tuple[dict[str, str], str]]
+    if mode.asynchronous:
+        async def together() -> list[tuple[dict[str, str], str]]:
+            async with aclient(sc) as c:
+                return await asyncio.gather(*(aask(c, text, stream=mode.stream)
+                                              for _ in range(20)))
+        results = asyncio.run(together())
+    else:
+        start = threading.Barrier(20)
 
-    async def one() -> tuple[str, str]:
-        raw = await c.chat.completions.with_raw_response.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "One flight only?"}])
-        return raw.headers["x-semcache-status"], raw.parse().choices[0].message.content
+        def one(_: int) -> tuple[dict[str, str], str]:
+            with client(sc) as c:
+                start.wait(60)  # every thread has its client: send at once
+                if mode.stream:
+                    headers, content, _ = ask_stream(c, text)
+                    return headers, content
+                return ask(c, text)
 
-    results = await asyncio.gather(*(one() for _ in range(20)))
-    await c.close()
+        with ThreadPoolExecutor(20) as pool:
+            results = list(pool.map(one, range(20)))
     assert fake.stats.total(CHAT) == 1
-    assert len({answer for _, answer in results}) == 1
-    assert sorted(status for status, _ in results).count("miss") == 1
+    answers = {answer for _, answer in results}
+    assert len(answers) == 1 and answers.pop().startswith("Answer ")
+    statuses = [h["x-semcache-status"] for h, _ in results]
+    assert statuses.count("miss") == 1 and statuses.count("hit") == 19
+    if mode.stream:
+        assert all(h["content-type"].startswith("text/event-stream") for h, _ in results)
 
 
 class RaisingEmbedder:
@@ -472,3 +551,186 @@ async def test_a_client_that_leaves_mid_stream_stores_nothing(
     fake.config.chunk_delay = 0.0
     h, _ = ask(client(sc), "Leave in the middle of this answer")  # and the server goes on
     assert h["x-semcache-status"] == "miss"
+
+
+# ------------------------------------------------------------- relayed as it arrives
+def timed(app: web.Application) -> tuple[ThreadedApp, list[float]]:
+    """Start ``app`` with a middleware that records, on this process's monotonic clock,
+    when each of its handlers returned — for a streamed answer, after its last chunk was
+    written.  Returns the server and those moments."""
+    finished: list[float] = []
+
+    @web.middleware
+    async def mark(request: web.Request,
+                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                   ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        finally:
+            finished.append(time.monotonic())
+
+    app.middlewares.append(mark)
+    return ThreadedApp(app).start(), finished
+
+
+def test_a_streamed_miss_reaches_the_client_before_the_upstream_has_finished(
+        start_sidecar: SidecarFactory) -> None:
+    """The fake streams slowly (a pause after each 4-character piece, ~20 pieces); the
+    client's first content chunk must arrive before the upstream wrote its last one."""
+    slow, finished = timed(make_fake_app(FakeConfig(chunk_chars=4, chunk_delay=0.1)))
+    try:
+        sc = start_sidecar(upstream=slow.url)
+        arrivals: list[float] = []
+        content = ""
+        with client(sc) as c:
+            raw = c.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "Stream me slowly"}],
+                stream=True)
+            for chunk in raw.parse():
+                if chunk.choices and chunk.choices[0].delta.content:
+                    arrivals.append(time.monotonic())
+                    content += chunk.choices[0].delta.content
+        assert raw.headers["x-semcache-status"] == "miss"
+        assert len(finished) == 1 and len(arrivals) >= 10 and content.startswith("Answer ")
+        upstream_done = finished[0]
+        assert arrivals[0] < upstream_done  # relayed, not buffered until the end
+        sc.wait_stores()
+        with client(sc) as c:
+            h, replayed = ask(c, "Stream me slowly")
+        assert h["x-semcache-status"] == "hit" and replayed == content  # and then stored
+    finally:
+        slow.stop()
+
+
+async def _slow_body(request: web.Request) -> web.StreamResponse:
+    """A non-cached /v1/* answer written in ten pieces, a pause after each."""
+    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    await resp.prepare(request)
+    for i in range(10):
+        await resp.write(f"piece-{i};".encode())
+        await asyncio.sleep(0.1)
+    await resp.write_eof()
+    return resp
+
+
+async def test_a_streamed_passthrough_body_reaches_the_client_before_the_upstream_has_finished(
+        start_sidecar: SidecarFactory) -> None:
+    """The fake's passthrough echo writes its pieces without pausing, so this upstream is
+    a ten-line aiohttp app of the test's own that does."""
+    app = web.Application()
+    app.router.add_get("/v1/batches/slow/content", _slow_body)
+    slow, finished = timed(app)
+    try:
+        sc = start_sidecar(upstream=slow.url)
+        received = b""
+        async with aiohttp.ClientSession() as s:
+            async with s.get(sc.url + "/v1/batches/slow/content") as r:
+                assert r.status == 200 and "x-semcache-status" not in r.headers
+                received += await r.content.readany()
+                first = time.monotonic()
+                received += await r.read()
+        assert len(finished) == 1
+        assert first < finished[0]  # the first piece came through while the rest was pending
+        assert received == b"".join(f"piece-{i};".encode() for i in range(10))
+    finally:
+        slow.stop()
+
+
+# ------------------------------------------------------------- hop-by-hop headers
+async def _echo_headers(request: web.Request) -> web.Response:
+    """Echo the request headers; answer with a hop-by-hop header named in Connection."""
+    await request.read()
+    return web.json_response(
+        {"headers": dict(request.headers)},
+        headers={"Connection": "keep-alive, X-Resp-Hop", "X-Resp-Hop": "upstream-only",
+                 "X-Resp-Kept": "relayed"})
+
+
+@pytest.mark.parametrize("path", [CHAT, "/v1/files"], ids=["cached", "passthrough"])
+async def test_headers_named_in_connection_are_dropped_both_ways(
+        start_sidecar: SidecarFactory, path: str) -> None:
+    app = web.Application()
+    app.router.add_route("*", "/v1/{tail:.*}", _echo_headers)
+    upstream = ThreadedApp(app).start()
+    try:
+        sc = start_sidecar(upstream=upstream.url)
+        body = {"model": "m", "messages": [{"role": "user", "content": "hop"}]}
+        async with aiohttp.ClientSession() as s:
+            async with s.post(sc.url + path, json=body, headers={
+                    "Connection": "keep-alive, X-Hop, x-other-hop", "X-Hop": "client-only",
+                    "X-Other-Hop": "client-only", "X-Kept": "forwarded",
+                    "Authorization": "Bearer sk-hop"}) as r:
+                assert r.status == 200
+                seen = {k.lower(): v for k, v in (await r.json())["headers"].items()}
+                relayed = {k.lower() for k in r.headers}
+                assert r.headers["X-Resp-Kept"] == "relayed"
+        assert seen["x-kept"] == "forwarded" and seen["authorization"] == "Bearer sk-hop"
+        assert "x-hop" not in seen and "x-other-hop" not in seen  # RFC 9110 §7.6.1
+        assert "x-resp-hop" not in relayed
+    finally:
+        upstream.stop()
+
+
+# ------------------------------------------------------------------ readiness
+class GatedEmbedder:
+    """The real model behind a gate: every forward pass waits until the test opens it, so
+    the sidecar's loading (which ends with warm-up passes) stays unfinished till then."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name: str = inner.name
+        self.dim: int = inner.dim
+        self.gate = threading.Event()
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if not self.gate.wait(120):
+            raise TimeoutError("the test never opened the gate")
+        result: np.ndarray = self.inner.embed(texts)
+        return result
+
+
+async def test_while_the_model_loads_readyz_is_503_and_requests_bypass_the_cache(
+        embedder: Any, fake: Fake, tmp_path: Any) -> None:
+    gated = GatedEmbedder(embedder)
+    settings = Settings(data_dir=tmp_path / "sidecar", upstream=fake.url, sync=False,
+                        lookup_timeout=10.0)
+    server = ThreadedApp(make_app(settings, embedder=gated)).start()
+    rt = server.app[RUNTIME]
+    url = server.url
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": Q}]}
+    try:
+        async with aiohttp.ClientSession(headers={"Authorization": "Bearer sk-test-1"}) as s:
+            async with s.get(url + "/readyz") as r:
+                err = (await r.json())["error"]
+                assert r.status == 503 and err["code"] == "not_ready"
+            async with s.get(url + "/healthz") as r:
+                assert r.status == 200  # alive all the same
+            answers = []
+            for stream in (False, False, True):
+                async with s.post(url + CHAT, json={**body, "stream": stream}) as r:
+                    assert r.status == 200 and r.headers["X-Semcache-Status"] == "bypass"
+                    answers.append(await r.read())
+            assert json.loads(answers[0])["choices"][0]["message"]["content"].startswith("Answer ")
+            assert b"data: [DONE]" in answers[2]
+            assert fake.stats.total(CHAT) == 3 and rt.cache is None  # all forwarded, none stored
+            gated.gate.set()
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                async with s.get(url + "/readyz") as r:
+                    if r.status == 200:
+                        assert (await r.json())["status"] == "ready"
+                        break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("never ready after the model loaded")
+            assert len(rt.cache or []) == 0  # nothing from the loading time was stored
+            statuses = []
+            for _ in range(2):
+                async with s.post(url + CHAT, json=body) as r:
+                    statuses.append(r.headers["X-Semcache-Status"])
+                    await r.read()
+                await asyncio.get_running_loop().run_in_executor(None, Sidecar(server).wait_stores)
+            assert statuses == ["miss", "hit"] and fake.stats.total(CHAT) == 4
+    finally:
+        gated.gate.set()
+        await asyncio.get_running_loop().run_in_executor(None, server.stop)
