@@ -19,9 +19,13 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import SemcacheError
 from .settings import Settings, add_arguments
+
+if TYPE_CHECKING:
+    from .embedding import Embedder
 
 __all__ = ["main", "build_parser"]
 
@@ -99,8 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # ------------------------------------------------------------ bench savings, calibrate
-_BENCH_SETTINGS = ["threshold", "near_miss_guard", "embedding_model", "embedding_backend",
-                   "embedding_device", "embedding_threads", "embedding_cache_dir", "log_level"]
+# The settings that decide what a sidecar would serve, so that a benchmark or a calibration
+# can be run exactly as the sidecar it is for (same backend, exports, guard, env file).
+_SIDECAR_SETTINGS = ["near_miss_guard", "embedding_model", "embedding_backend", "embedding_device",
+                     "embedding_threads", "embedding_cache_dir", "data_dir", "env_file",
+                     "log_level"]
+_BENCH_SETTINGS = ["threshold", *_SIDECAR_SETTINGS]
+_SIDECAR_NOTE = ("--data-dir and --env-file name the sidecar to match: with --embedding-backend "
+                 "auto its store's backend is used, and its ONNX exports (<data-dir>/models unless "
+                 "--embedding-cache-dir) are reused; the store itself is not touched.")
 
 
 def _floats(text: str) -> list[float]:
@@ -122,7 +133,7 @@ def _add_bench_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
         "savings", help="replay labeled traffic through the sidecar: hits, wrong hits, money saved",
         description="Replays workloads through the real sidecar (HTTP, openai SDK) in front of a "
                     "fake upstream that answers by label, and scores no cache, exact only, static "
-                    "thresholds and the calibrated threshold side by side.")
+                    "thresholds and the calibrated threshold side by side. " + _SIDECAR_NOTE)
     sav.add_argument("--workload", action="append", choices=["qqp", "langcache", "gptcache",
                                                              "meancache"],
                      help="a built-in workload from --data (repeatable; default qqp and "
@@ -145,7 +156,12 @@ def _add_bench_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
                      help="static thresholds reported as baselines [default 0.80,0.85,0.90,0.95]")
     sav.add_argument("--floor", type=float, default=0.50,
                      help="lowest threshold of the one-pass sweep [default 0.50]")
-    sav.add_argument("--prices", type=Path, default=None, help="JSON price table (semcache/bench_prices.py)")
+    # its own dest: the sidecar's ``prices`` setting is a per-model price table, this is
+    # the benchmark's table of tiers (they are different files)
+    sav.add_argument("--prices", dest="tier_prices", type=Path, default=None, metavar="FILE",
+                     help="JSON table of the model tiers money is reported for, e.g. "
+                          "bench/prices.example.json (semcache/bench_prices.py) [default: the "
+                          "built-in small / 7b / frontier tiers]")
     sav.add_argument("--out", type=Path, default=Path("bench/results"),
                      help="directory for savings.json, savings.md [default bench/results]")
     sav.add_argument("--plots", type=Path, default=None, help="directory for the PNG plots [default --out]")
@@ -161,7 +177,8 @@ def _add_bench_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
         "calibrate", help="pick the similarity threshold for a target precision from labeled pairs",
         description="Chooses the lowest threshold whose precision on the dev pairs reaches the "
                     "target (cache protocol, computed with the cache's embedder), and reports it "
-                    "on the test pairs. Dev/test: sha256(first text) %% 4 == 0 is test.")
+                    "on the test pairs. Dev/test: sha256(first text) % 4 == 0 is test. "
+                    + _SIDECAR_NOTE)
     cal.add_argument("--pairs", action="append", type=Path, required=True,
                      help="QQP .jsonl.gz, langcache .csv or gptcache .json (repeatable)")
     cal.add_argument("--target-precision", type=float, required=True)
@@ -170,15 +187,32 @@ def _add_bench_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
     cal.add_argument("--write-env", type=Path, default=None,
                      help="set SEMCACHE_THRESHOLD in this env file (semcache serve --env-file FILE)")
     cal.add_argument("--no-progress", action="store_true")
-    add_arguments(cal, ["embedding_model", "embedding_device", "embedding_threads", "log_level"])
+    add_arguments(cal, _SIDECAR_SETTINGS)
+
+
+def _sidecar_embedder(settings: Settings) -> Embedder:
+    """The embedding backend a sidecar with ``settings`` would use: the configured one;
+    for ``auto``, the backend its store in ``data_dir`` was built with, else the fastest
+    that passes its check (as :class:`~semcache.cache.SemanticCache` chooses)."""
+    from .embedding import backend_of, load_embedder
+    from .store import Store
+
+    backend = settings.embedding_backend
+    if backend == "auto":
+        recorded = Store.recorded_embedder(settings.data_dir)
+        backend = (backend_of(recorded) if recorded else None) or backend
+    return load_embedder(settings.embedding_model, backend=backend,
+                         device=settings.embedding_device, threads=settings.embedding_threads,
+                         cache_dir=settings.model_dir)
 
 
 def _run_bench_command(args: argparse.Namespace, settings: Settings,
                        argv: Sequence[str] | None) -> int:
-    from .embedding import load_embedder
-
     for noisy in ("httpx", "httpx2", "openai", "matplotlib"):  # one line per request otherwise
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    embedder = _sidecar_embedder(settings)
+    print(f"{args.command}: embedding with {embedder.name}, near-miss guard "
+          f"{'on' if settings.near_miss_guard else 'off'}", flush=True)
     if args.command == "bench":
         from .bench_savings import SavingsConfig, run_savings
 
@@ -188,20 +222,16 @@ def _run_bench_command(args: argparse.Namespace, settings: Settings,
             calibration_limit=(args.limit if args.calibration_limit < 0
                                else _limit(str(args.calibration_limit))),
             target_precision=args.target_precision, threshold=args.fixed_threshold,
-            static=args.static, floor=args.floor, prices=args.prices, out=args.out,
+            static=args.static, floor=args.floor, prices=args.tier_prices, out=args.out,
             plots=args.plots, readme=args.readme, concurrency=args.concurrency,
             progress=not args.no_progress and sys.stderr.isatty(),
             command="semcache " + " ".join(sys.argv[1:] if argv is None else argv))
-        run_savings(cfg, settings)
+        run_savings(cfg, settings, embedder=embedder)
         return 0
 
     from .calibrate import calibrate
     from .settings import write_env_file
 
-    embedder = load_embedder(
-        settings.embedding_model, backend=settings.embedding_backend,
-        device=settings.embedding_device, threads=settings.embedding_threads,
-        cache_dir=settings.model_dir)  # the backend the sidecar would use
     result = calibrate(args.pairs, args.target_precision, embedder, limit=args.limit,
                        progress=not args.no_progress and sys.stderr.isatty(),
                        guard=settings.near_miss_guard)

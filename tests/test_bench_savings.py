@@ -24,7 +24,7 @@ from semcache.bench_workloads import (
 from semcache.embedding import SentenceTransformerEmbedder
 from semcache.errors import ConfigError
 from semcache.fake_upstream import answer_by_label, answer_text, count_tokens, label_answer
-from tests.conftest import DATA, data_file, langcache_pairs
+from tests.conftest import DATA, OnnxExport, data_file, langcache_pairs
 
 TIERS = DEFAULT_TIERS
 
@@ -290,3 +290,43 @@ def test_cli_bench_savings_on_a_user_log(embedder: SentenceTransformerEmbedder, 
     assert doc["command"].startswith("semcache bench savings --log")
     (wl,) = doc["workloads"]
     assert wl["kind"] == "log" and wl["queries"] == 9 and wl["threshold_how"] == "given"
+
+
+def test_cli_bench_savings_takes_a_tier_price_file_and_the_sidecars_backend(
+        onnx_export: OnnxExport, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--prices`` is the benchmark's tier table (not the sidecar's per-model ``prices``
+    setting), and the backend, exports and guard are flags like the sidecar's."""
+    from semcache.cli import main
+
+    tiers = tmp_path / "tiers.json"
+    tiers.write_text('{"tiers": {"mine": {"input_per_m": 1000, "output_per_m": 3000, '
+                     '"ttft_s": 1, "tokens_per_s": 50}}}')
+    text = "How do I reset my router password?"
+    log = tmp_path / "tiny.jsonl"
+    log.write_text("".join(json.dumps({"messages": [{"role": "user", "content": text}],
+                                       "model": "m", "label": "router"}) + "\n"
+                           for _ in range(2)))
+    out_dir = tmp_path / "out"
+    env = tmp_path / "sidecar.env"  # the sidecar's env file: its guard setting applies
+    env.write_text("SEMCACHE_NEAR_MISS_GUARD=off\n")
+    code = main(["bench", "savings", "--log", str(log), "--prices", str(tiers),
+                 "--fixed-threshold", "0.9", "--static", "0.8", "--out", str(out_dir),
+                 "--no-progress", "--embedding-backend", "onnx-int8",
+                 "--embedding-cache-dir", str(onnx_export.cache_dir),
+                 "--data-dir", str(tmp_path / "sidecar"), "--env-file", str(env)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "bench: embedding with sentence-transformers/all-MiniLM-L6-v2@onnx-int8, " \
+           "near-miss guard off" in out
+    assert "$ saved per 1M req (mine)" in out and "small" not in out and "frontier" not in out
+    doc = json.loads((out_dir / "savings.json").read_text())
+    assert doc["embedder"].endswith("@onnx-int8")
+    assert doc["tiers"] == [{"name": "mine", "input_per_m": 1000.0, "output_per_m": 3000.0,
+                             "ttft_s": 1.0, "tokens_per_s": 50.0}]
+    (wl,) = doc["workloads"]
+    exact = next(r for r in wl["rows"] if r["policy"] == "exact only")
+    assert exact["hits"] == 1 and exact["completion_tokens_saved"] >= 100
+    # the one repeat saved its tokens at the file's prices, not the built-in ones
+    assert exact["money_saved"] == {"mine": pytest.approx(
+        (exact["prompt_tokens_saved"] * 1000 + exact["completion_tokens_saved"] * 3000) / 1e6)}
+    assert "| tiny (log, 2 requests) | exact only | 50.0% |" in out
