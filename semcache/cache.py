@@ -5,8 +5,10 @@
     CacheRequest -> exact lookup (LMDB) -> embed -> scoped index search -> re-check -> Hit
 
 A found entry is served only after its stored scope is compared with the request's and
-its expiry with the clock, so a stale or foreign index row can never leak an answer; a
-semantic match must also pass the near-miss guard (:mod:`semcache.guard`).
+its expiry with the clock, so a stale or foreign index row can never leak an answer.  A
+semantic match is a :class:`Candidate` until the policy (:mod:`semcache.policy`: the
+near-miss guard and the threshold, or the rule learned from outcomes under an error
+bound) says to serve it; the web layer keeps refused candidates to learn from.
 
 Thread safety: every method may be called from any thread.  :meth:`SemanticCache.embed`
 runs the forward pass on the calling thread; the web layer instead embeds through
@@ -32,14 +34,16 @@ from .batching import MicroBatcher
 from .embedding import Embedder, backend_of, load_embedder
 from .errors import EmbeddingError, InvalidRequestError, SemcacheError, StoreError
 from .eviction import EvictionTracker
+from .features import Observation, observe
 from .guard import conflict
 from .index import ScopedIndex
 from .keys import CacheRequest, derive_namespace
 from .memo import VectorMemo
+from .policy import Policy, Verdict
 from .settings import Settings
 from .store import EntryMeta, EntryRecord, Store
 
-__all__ = ["SemanticCache", "Hit"]
+__all__ = ["SemanticCache", "Hit", "Candidate"]
 
 _VECTOR_MEMO = 4096
 _EVICT_BATCH = 1024  # at most this many extra victims per eviction (1/64 of the cap)
@@ -52,7 +56,8 @@ class Hit:
 
     ``match`` is ``"exact"`` or ``"semantic"``; ``similarity`` is 1.0 for exact matches;
     ``body`` is the stored response JSON as bytes; ``created`` is the insertion time
-    (seconds since the epoch).
+    (seconds since the epoch); ``confidence`` the policy's calibrated chance that a
+    semantic hit is right (None for exact hits and under the static rule).
     """
 
     entry_id: int
@@ -62,6 +67,7 @@ class Hit:
     usage: dict[str, Any] | None
     model: str
     created: float
+    confidence: float | None = None
 
     def json(self) -> dict[str, Any]:
         """The stored response as a dict (a fresh copy each call)."""
@@ -70,6 +76,22 @@ class Hit:
 
     def age(self, now: float | None = None) -> float:
         return max(0.0, (time.time() if now is None else now) - self.created)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """The most similar live entry of a request's scope, and the policy's verdict on it.
+
+    ``guard`` is the near-miss guard's objection (None when it has none or is off);
+    ``observation`` is what the policy learns from once the candidate's answer is judged.
+    """
+
+    entry_id: int
+    similarity: float
+    record: EntryRecord
+    observation: Observation
+    verdict: Verdict
+    guard: str | None
 
 
 class SemanticCache:
@@ -101,6 +123,11 @@ class SemanticCache:
         self._book = threading.Lock()  # tracker and pending hits; never held across I/O
         self._pending_hits: dict[int, tuple[float, int]] = {}
         self.memo = VectorMemo(_VECTOR_MEMO)
+        st = self.settings
+        self.policy = Policy(
+            mode=st.policy, threshold=st.threshold, max_wrong_rate=st.max_wrong_rate,
+            guard=st.near_miss_guard, capacity=st.policy_outcomes, dim=self.embedder.dim,
+            store=self.store_db, verifier_band=st.verifier_band)
         self.evictions = 0
         self.expirations = 0
         self.guard_rejections = 0
@@ -201,6 +228,10 @@ class SemanticCache:
         try:
             self.flush_hits()
             try:
+                self.policy.flush()
+            except Exception:
+                log.exception("policy outcomes not saved")
+            try:
                 self.write_snapshot()
             except Exception:  # derived state: the next start rebuilds instead
                 log.exception("index snapshot not written")
@@ -272,36 +303,77 @@ class SemanticCache:
 
     def lookup_semantic(
         self, req: CacheRequest, *, threshold: float | None = None,
-        vector: np.ndarray | None = None,
+        vector: np.ndarray | None = None, max_wrong_rate: float | None = None,
     ) -> Hit | None:
-        """Most similar live entry of ``req``'s scope at or above ``threshold``."""
+        """The most similar live entry of ``req``'s scope, when the policy serves it.
+
+        ``threshold`` is an explicit similarity threshold (default: the configured one,
+        which the adaptive policy replaces once calibrated); ``max_wrong_rate`` the error
+        bound of the adaptive policy (default: the configured one)."""
+        cand = self.consider(req, threshold=threshold, vector=vector, max_wrong_rate=max_wrong_rate)
+        return self.serve(cand) if cand is not None and cand.verdict.serve else None
+
+    def consider(
+        self, req: CacheRequest, *, threshold: float | None = None,
+        vector: np.ndarray | None = None, max_wrong_rate: float | None = None,
+    ) -> Candidate | None:
+        """The best live entry of ``req``'s scope at or above the lower of ``threshold``
+        and ``policy_floor``, with the policy's verdict; None when there is none.  Nothing
+        is served or counted: pass a served candidate to :meth:`serve`."""
         if not req.semantic_text:
             return None
-        limit = self.settings.threshold if threshold is None else threshold
-        if not 0.0 < limit <= 1.0:
-            raise InvalidRequestError("threshold", limit, "must be in (0, 1]")
+        if threshold is not None and not 0.0 < threshold <= 1.0:
+            raise InvalidRequestError("threshold", threshold, "must be in (0, 1]")
+        floor = min(self.settings.policy_floor, self.settings.threshold if threshold is None else threshold)
         vec = self.embed(req.semantic_text) if vector is None else vector
-        found = self.index.search(req.scope, vec, limit, self.clock())
+        found = self.index.search(req.scope, vec, floor, self.clock())
         if found.entry_id < 0:
             return None
-        return self._serve(found.entry_id, req, "semantic", min(1.0, found.score))
+        rec = self._live(found.entry_id, req)
+        if rec is None or not rec.text:
+            return None
+        entry_vec = self.store_db.get_vector(found.entry_id)
+        if entry_vec is None:
+            return None
+        sim = min(1.0, float(found.score))
+        why = conflict(req.semantic_text, rec.text) if self.settings.near_miss_guard else None
+        obs = observe(req.semantic_text, rec.text, vec, entry_vec, sim, why is not None)
+        verdict = self.policy.decide(obs, entry_id=found.entry_id, threshold=threshold,
+                                     max_wrong_rate=max_wrong_rate)
+        if why is not None and not verdict.serve and sim >= (
+                self.settings.threshold if threshold is None else threshold):
+            self.guard_rejections += 1  # refused although similar enough for the threshold
+        return Candidate(found.entry_id, sim, rec, obs, verdict, why)
 
-    def _serve(self, entry_id: int, req: CacheRequest, match: str, sim: float) -> Hit | None:
+    def serve(self, cand: Candidate) -> Hit:
+        """Serve ``cand`` (counts the hit for eviction and the entry's statistics)."""
+        self._touch(cand.entry_id)
+        rec = cand.record
+        return Hit(cand.entry_id, "semantic", cand.similarity, rec.body, rec.usage, rec.model,
+                   rec.created, cand.verdict.confidence)
+
+    def _live(self, entry_id: int, req: CacheRequest) -> EntryRecord | None:
+        """The stored record of ``entry_id`` if it is live and of ``req``'s scope and
+        namespace — the index is derived state; the store decides."""
         rec = self.store_db.get(entry_id)
-        now = self.clock()
-        # re-check: the index is derived state; the store decides.
         if rec is None or rec.scope != req.scope or rec.namespace != req.namespace:
             return None
-        if rec.expires is not None and rec.expires <= now:
+        if rec.expires is not None and rec.expires <= self.clock():
             return None
-        if (match == "semantic" and self.settings.near_miss_guard and req.semantic_text
-                and rec.text and conflict(req.semantic_text, rec.text) is not None):
-            self.guard_rejections += 1
-            return None
+        return rec
+
+    def _touch(self, entry_id: int) -> None:
+        now = self.clock()
         with self._book:
             self.tracker.touch(entry_id)
             last, count = self._pending_hits.get(entry_id, (now, 0))
             self._pending_hits[entry_id] = (max(last, now), count + 1)
+
+    def _serve(self, entry_id: int, req: CacheRequest, match: str, sim: float) -> Hit | None:
+        rec = self._live(entry_id, req)
+        if rec is None:
+            return None
+        self._touch(entry_id)
         return Hit(entry_id, match, sim, rec.body, rec.usage, rec.model, rec.created)
 
     # --------------------------------------------------------------------- store
@@ -375,6 +447,7 @@ class SemanticCache:
             for entry_id in ids:  # also ids already gone from LMDB (e.g. another process)
                 self.tracker.remove(entry_id)
                 self._pending_hits.pop(entry_id, None)
+        self.policy.forget_entries(ids)
         return gone
 
     # ------------------------------------------------------------- maintenance

@@ -65,6 +65,14 @@ def _opt_float(text: str) -> float | None:
     return None if text.strip().lower() in ("", "none", "0", "inf") else float(text)
 
 
+def _opt_rate(text: str) -> float | None:
+    return None if text.strip().lower() in ("", "none") else float(text)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
 def _opt_str(text: str) -> str | None:
     return text or None
 
@@ -97,7 +105,8 @@ class Settings:
     # --- storage and cache semantics
     data_dir: Path = setting(Path("./semcache-data"), "directory of the LMDB store", Path)
     threshold: float = setting(
-        0.90, "cosine similarity at or above which a semantic match is served", float)
+        0.85, "cosine similarity at or above which a semantic match is served (with the "
+        "adaptive policy: until its outcomes give a calibrated rule)", float)
     threshold_floor: float = setting(
         0.80, "lowest per-request X-Semcache-Threshold the server accepts", float)
     ttl: float | None = setting(
@@ -109,6 +118,43 @@ class Settings:
     near_miss_guard: bool = setting(
         True, "refuse semantic matches whose numbers, dates, units, opposites, negation, "
         "languages, formats or platforms differ (semcache/guard.py)", _bool)
+    policy: str = setting(
+        "adaptive", "how semantic matches are decided: adaptive (learned from outcomes under "
+        "max_wrong_rate; the threshold and guard until then) or static (threshold and guard)", str)
+    max_wrong_rate: float = setting(
+        0.05, "adaptive policy: the largest share of served semantic hits that may be wrong "
+        "(its 95% upper bound, estimated from outcomes)", float)
+    max_wrong_rate_ceiling: float | None = setting(
+        None, "largest X-Semcache-Max-Wrong-Rate a request may ask for (default: "
+        "max_wrong_rate, so requests can only be stricter; 1 lets them take any match)",
+        _opt_rate)
+    policy_floor: float = setting(
+        0.70, "lowest similarity at which a candidate is considered and learned from", float)
+    explore_rate: float = setting(
+        0.02, "share of would-be semantic hits sent upstream anyway to learn whether they "
+        "were right (they cost a call; 0: learn only from refused candidates and feedback)",
+        float)
+    policy_outcomes: int = setting(
+        50_000, "outcomes the adaptive policy keeps (about 1.6 KB each, in memory and LMDB)", int)
+    policy_refit_interval: float = setting(
+        300.0, "seconds between refits of the adaptive policy while outcomes arrive", float)
+    shadow: tuple[str, ...] = setting(
+        (), "namespaces in shadow mode, comma-separated ('*': all): always answered upstream, "
+        "with what the cache would have served recorded and judged", _names)
+    answer_equivalence: float = setting(
+        0.92, "cosine of two answers' embeddings at or above which they count as the same "
+        "answer when learning (1: only equal texts)", float)
+    verifier: str | None = setting(
+        None, "second opinion on borderline candidates: 'module:function' or the URL of an "
+        "OpenAI-compatible router (off when empty)", _opt_str)
+    verifier_model: str = setting("gpt-4o-mini", "model the verifier URL is asked with", str)
+    verifier_api_key: str | None = setting(
+        None, "bearer token for the verifier URL", _opt_str, secret=True)
+    verifier_timeout: float = setting(
+        2.0, "seconds the verifier may take; a slower answer is a no", float)
+    verifier_band: float = setting(
+        0.10, "how far below the serving bar (in confidence; half of it in similarity "
+        "under the static rule) a candidate is borderline and goes to the verifier", float)
     flat_limit: int = setting(
         4096, "scopes up to this many entries are searched by exact scan, larger by FAISS", int)
     map_size: int = setting(8 << 30, "LMDB map size: the most the store file may grow to", _size)
@@ -211,6 +257,12 @@ class Settings:
                 spec = by_name[name]
                 values[name] = _parse(spec, value, spec.flag) if isinstance(value, str) else value
         return cls(**values)
+
+    @property
+    def wrong_rate_ceiling(self) -> float:
+        """The largest per-request max wrong rate accepted (``max_wrong_rate_ceiling``,
+        else ``max_wrong_rate``)."""
+        return self.max_wrong_rate if self.max_wrong_rate_ceiling is None else self.max_wrong_rate_ceiling
 
     @property
     def model_dir(self) -> Path:
@@ -330,6 +382,22 @@ def _validate(s: Settings) -> None:
     for name in ("max_entries", "max_bytes", "flat_limit", "map_size", "max_body_bytes"):
         if getattr(s, name) < 1:
             raise ConfigError(name, getattr(s, name), "must be at least 1")
+    if s.policy not in ("adaptive", "static"):
+        raise ConfigError("policy", s.policy, "must be 'adaptive' or 'static'")
+    for name in ("max_wrong_rate", "explore_rate", "verifier_band"):
+        if not 0.0 <= getattr(s, name) <= 1.0:
+            raise ConfigError(name, getattr(s, name), "must be between 0 and 1")
+    if s.max_wrong_rate_ceiling is not None and not 0.0 <= s.max_wrong_rate_ceiling <= 1.0:
+        raise ConfigError("max_wrong_rate_ceiling", s.max_wrong_rate_ceiling,
+                          "must be between 0 and 1")
+    for name in ("policy_floor", "answer_equivalence"):
+        if not 0.0 < getattr(s, name) <= 1.0:
+            raise ConfigError(name, getattr(s, name), "must be in (0, 1]")
+    if s.policy_outcomes < 1:
+        raise ConfigError("policy_outcomes", s.policy_outcomes, "must be at least 1")
+    for name in ("policy_refit_interval", "verifier_timeout"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(name, getattr(s, name), "must be positive")
     if s.eviction not in ("lru", "lfu"):
         raise ConfigError("eviction", s.eviction, "must be 'lru' or 'lfu'")
     if s.embedding_backend not in EMBEDDING_BACKENDS:
@@ -358,9 +426,11 @@ def add_arguments(parser: argparse.ArgumentParser, names: Sequence[str] | None =
         if names is not None and spec.name not in names:
             continue
         shown = "***" if spec.secret else spec.default
+        # a boolean flag alone means on ("--cache-tool-calls"); it also takes a value
+        flagged: dict[str, Any] = {"nargs": "?", "const": "1"} if spec.parse is _bool else {}
         parser.add_argument(
             spec.flag, dest=spec.name, default=None, metavar=spec.name.upper(),
-            help=f"{spec.help} [env {spec.env}; default {shown}]",
+            help=f"{spec.help} [env {spec.env}; default {shown}]", **flagged,
         )
 
 

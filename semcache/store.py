@@ -10,6 +10,8 @@ One LMDB environment with named sub-databases:
 * ``meta``: format version, embedding model name and dimension, namespace salt, next id
 * ``ledger``: counter rows, key -> msgpack ``{field: number}``, only ever added to (the
   spend ledger's totals and day windows; see :mod:`semcache.ledger`)
+* ``policy``: the adaptive policy's outcomes and fitted model, opaque bytes by key (see
+  :mod:`semcache.policy`)
 
 Ids are 8-byte big-endian, so iteration follows insertion order.  Every entry is written
 and deleted in one transaction across all sub-databases, so a crash at any point leaves
@@ -153,6 +155,7 @@ class Store:
         self._exact = self._env.open_db(b"exact")
         self._meta = self._env.open_db(b"meta")
         self._ledger = self._env.open_db(b"ledger")
+        self._policy = self._env.open_db(b"policy")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="semcache-lmdb-writer")
         self._writer_ident: int | None = None
         self._closed = False
@@ -371,6 +374,34 @@ class Store:
                     break
                 out[key] = msgpack.unpackb(bytes(raw), raw=False)
         return out
+
+    def policy_write(self, items: dict[bytes, bytes], delete: Iterable[bytes] = ()) -> None:
+        """Put ``items`` and delete the ``delete`` keys of the policy sub-database in one
+        transaction."""
+        gone = list(delete)
+        if not items and not gone:
+            return
+
+        def txn_fn(txn: lmdb.Transaction) -> None:
+            for key in gone:
+                txn.delete(key, db=self._policy)
+            for key, value in items.items():
+                txn.put(key, value, db=self._policy)
+
+        self._write(txn_fn)
+
+    def policy_items(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """The policy sub-database's ``(key, value)`` pairs whose key starts with
+        ``prefix``, in key order (read in one transaction, then yielded)."""
+        out: list[tuple[bytes, bytes]] = []
+        with self._env.begin(db=self._policy) as txn:
+            cur = txn.cursor()
+            if cur.set_range(prefix):
+                for key, raw in cur:
+                    if not bytes(key).startswith(prefix):
+                        break
+                    out.append((bytes(key), bytes(raw)))
+        return iter(out)
 
     def adopt_salt(self, salt: bytes) -> bool:
         """Take ``salt`` as the namespace salt if the store holds no entry yet (an import

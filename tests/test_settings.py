@@ -12,7 +12,7 @@ from semcache.settings import add_arguments, specs
 
 
 def test_precedence_defaults_env_flags() -> None:
-    assert Settings.load({}, {}).threshold == 0.90
+    assert Settings.load({}, {}).threshold == 0.85
     env = {"SEMCACHE_THRESHOLD": "0.8", "SEMCACHE_DATA_DIR": "/tmp/x", "SEMCACHE_TTL": "none",
            "SEMCACHE_MAX_BYTES": "64m", "SEMCACHE_SYNC": "off"}
     s = Settings.load({}, env)
