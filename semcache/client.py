@@ -197,6 +197,10 @@ def _feedback_body(entry_id: int, correct: bool, similarity: float | None) -> di
     return body
 
 
+def _policy_body(refit: bool | None, learning: bool | None) -> dict[str, Any]:
+    return {k: v for k, v in (("refit", refit), ("learning", learning)) if v is not None}
+
+
 def check_export(lines: Iterable[str]) -> tuple[ExportHeader | None, list[tuple[int, str]]]:
     """Validate a whole export before sending any of it: ``(header, [(line no, line)])``
     of the entry lines.  Raises :class:`InvalidRequestError` naming the first bad line."""
@@ -339,6 +343,29 @@ class Client:
     def feedback_events(self, namespace: str | None = None, limit: int = 100) -> list[FeedbackEvent]:
         d = self._call("GET", "/semcache/feedback" + _query(namespace=namespace, limit=limit))
         return [FeedbackEvent(**e) for e in d["events"]]
+
+    def policy(self) -> dict[str, Any]:
+        """The adaptive policy's state (``GET /semcache/policy``)."""
+        result: dict[str, Any] = self._call("GET", "/semcache/policy")
+        return result
+
+    def update_policy(self, *, refit: bool | None = None, learning: bool | None = None
+                      ) -> dict[str, Any]:
+        """Refit now (waits for it) and/or stop or resume learning; the new state."""
+        result: dict[str, Any] = self._call("POST", "/semcache/policy",
+                                            _policy_body(refit, learning))
+        return result
+
+    def shadow(self, namespace: str | None = None) -> dict[str, Any]:
+        """Shadow mode's report: would-be hit and wrong-hit rates per namespace."""
+        result: dict[str, Any] = self._call("GET", "/semcache/shadow" + _query(namespace=namespace))
+        return result
+
+    def set_shadow(self, namespaces: Iterable[str]) -> dict[str, Any]:
+        """Shadow exactly ``namespaces`` (``["*"]``: all; ``[]``: none) until restart."""
+        result: dict[str, Any] = self._call("POST", "/semcache/shadow",
+                                            {"namespaces": list(namespaces)})
+        return result
 
     def export_lines(self, namespace: str | None = None) -> Iterator[str]:
         """The JSONL export, line by line (header first), streamed."""
@@ -484,6 +511,26 @@ class AsyncClient:
                               ) -> list[FeedbackEvent]:
         d = await self._call("GET", "/semcache/feedback" + _query(namespace=namespace, limit=limit))
         return [FeedbackEvent(**e) for e in d["events"]]
+
+    async def policy(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", "/semcache/policy")
+        return result
+
+    async def update_policy(self, *, refit: bool | None = None, learning: bool | None = None
+                            ) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("POST", "/semcache/policy",
+                                                  _policy_body(refit, learning))
+        return result
+
+    async def shadow(self, namespace: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", "/semcache/shadow"
+                                                  + _query(namespace=namespace))
+        return result
+
+    async def set_shadow(self, namespaces: Iterable[str]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("POST", "/semcache/shadow",
+                                                  {"namespaces": list(namespaces)})
+        return result
 
     async def export_lines(self, namespace: str | None = None) -> AsyncIterator[str]:
         """The JSONL export, line by line (header first), streamed (lines of any length)."""

@@ -18,6 +18,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
+from .features import Observation
+
 __all__ = ["FeedbackLog", "FeedbackEvent", "ServedHit"]
 
 
@@ -30,6 +32,7 @@ class ServedHit:
     match: str  # "exact", "semantic" or "coalesced"
     similarity: float
     at: float  # seconds since the epoch
+    observation: Observation | None = None  # a semantic hit's, for the adaptive policy
 
 
 @dataclass(frozen=True, slots=True)

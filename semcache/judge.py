@@ -7,8 +7,10 @@ candidate's stored answer.  Equivalent answers make the candidate a right match,
 a wrong one (:mod:`semcache.policy`).
 
 Two answers are equivalent when their texts are equal after normalising case and
-whitespace (tool calls compared as canonical JSON), or else when the cosine of their
-embeddings reaches ``answer_equivalence`` (1.0: only equal texts count).  The embedding
+whitespace (tool calls compared as canonical JSON), or else when the near-miss guard
+finds no conflict between them (answers that differ in a number, a direction, a name
+or a version are not the same answer, however close their embeddings) and the cosine
+of their embeddings reaches ``answer_equivalence`` (1.0: only equal texts count).  The embedding
 test is approximate: two samples of one question at a high temperature may differ more
 than that, which counts the match wrong and makes the policy stricter — the safe side.
 Only the first :data:`JUDGED_CHARS` characters are embedded (the model truncates long
@@ -23,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .guard import conflict
 from .keys import CHAT, COMPLETIONS
 
 __all__ = ["answer_text", "same_text", "equivalent", "JUDGED_CHARS"]
@@ -69,5 +72,8 @@ def equivalent(a: str, b: str, embed: Callable[[Sequence[str]], np.ndarray],
         return True
     if threshold >= 1.0 or not a.strip() or not b.strip():
         return False
-    va, vb = embed([a[:JUDGED_CHARS], b[:JUDGED_CHARS]])
+    a, b = a[:JUDGED_CHARS], b[:JUDGED_CHARS]
+    if conflict(a, b) is not None:  # close in meaning but other numbers, order, names...
+        return False
+    va, vb = embed([a, b])
     return float(np.dot(va, vb)) >= threshold

@@ -4,7 +4,8 @@ Each app has its own :class:`CollectorRegistry` (several sidecars may live in on
 process, e.g. in tests).  Two kinds of metric:
 
 * counted on the request path (event loop): ``semcache_requests_total{endpoint, status,
-  match}``, ``semcache_lookup_seconds{endpoint}``, ``semcache_hit_similarity``;
+  match}``, ``semcache_lookup_seconds{endpoint}``, ``semcache_hit_similarity``,
+  ``semcache_policy_outcomes_total{source, verdict}`` (candidates judged for the policy);
 * read at scrape time from the live state (:class:`State`): the spend ledger (tokens and
   dollars spent and saved, hits, upstream calls, feedback, budget refusals by namespace
   and model; these come from the persisted ledger, so they do not reset on restart),
@@ -58,6 +59,8 @@ _PLAIN = {
     "stores": "answers stored",
     "store_refusals": "upstream answers not admitted to the cache",
     "store_failures": "stores that failed",
+    "explored": "would-be semantic hits sent upstream to learn from (explore_rate)",
+    "judge_dropped": "candidates not judged because the judge was behind (load)",
 }
 
 
@@ -156,6 +159,9 @@ class Metrics:
         self.similarity = Histogram(
             "semcache_hit_similarity", "cosine similarity of served semantic hits",
             buckets=SIMILARITY_BUCKETS, registry=self.registry)
+        self.outcomes = Counter(
+            "semcache_policy_outcomes", "semantic candidates judged against the upstream's answer "
+            "(source: miss, explore, shadow, feedback)", ["source", "verdict"], registry=self.registry)
         self._bound = False
 
     def bind(self, state: Callable[[], State]) -> None:

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from .budgets import check_budget
 from .errors import BudgetExceededError, InvalidRequestError
+from .features import Observation
 from .feedback import ServedHit
 from .keys import EMBEDDINGS, NAMESPACE_HEADER, CacheRequest, derive_namespace
 from .web_runtime import Runtime
@@ -85,8 +86,9 @@ def on_lookup(rt: Runtime, endpoint: str, seconds: float) -> None:
 
 
 def on_hit(rt: Runtime, creq: CacheRequest, body: Any, answer: Mapping[str, Any], match: str,
-           similarity: float, entry_id: int | None) -> None:
-    """A request answered from the cache (``match``: exact, semantic or coalesced)."""
+           similarity: float, entry_id: int | None, observation: Observation | None = None) -> None:
+    """A request answered from the cache (``match``: exact, semantic or coalesced);
+    ``observation`` is the semantic candidate's (feedback on the hit teaches the policy)."""
     rt.metrics.requests.labels(creq.endpoint, "hit", match).inc()
     if match == "semantic":
         rt.metrics.similarity.observe(float(similarity))
@@ -94,7 +96,7 @@ def on_hit(rt: Runtime, creq: CacheRequest, body: Any, answer: Mapping[str, Any]
     rt.ledger.hit(creq.namespace, creq.model, prompt, completion, estimated=estimated)
     if entry_id is not None:
         rt.feedback.remember(entry_id, ServedHit(creq.namespace, creq.model, match,
-                                                 float(similarity), time.time()))
+                                                 float(similarity), time.time(), observation))
 
 
 class Charge:

@@ -10,6 +10,10 @@
                                             threshold (``dry_run`` to only list)
 ``POST   /semcache/feedback``               a served hit was wrong (dropped) or right
 ``GET    /semcache/feedback``               recent verdicts (for threshold tuning)
+``GET    /semcache/policy``                 the adaptive policy: outcomes, scorer, cut
+``POST   /semcache/policy``                 ``{"refit": true}``, ``{"learning": false}``
+``GET    /semcache/shadow[?namespace=]``    shadow mode: would-be hit / wrong-hit rates
+``POST   /semcache/shadow``                 ``{"namespaces": [...]}``: which to shadow
 ``GET    /semcache/export[?namespace=]``    JSONL export (:mod:`semcache.transfer`)
 ``POST   /semcache/import[?first_line=]``   JSONL import (re-embeds; refuses bad lines)
 ``GET    /metrics``                         Prometheus text format
@@ -48,6 +52,7 @@ from .errors import AuthError, ConfigError, InvalidRequestError, NotFoundError, 
 from .feedback import FeedbackEvent
 from .keys import internal_namespace
 from .metrics import State
+from .policy import Outcome
 from .settings import Settings
 from .store import EntryMeta, EntryRecord
 from .transfer import ExportHeader, ImportedEntry, entry_line, header_line, parse_line
@@ -211,6 +216,8 @@ async def stats(request: web.Request) -> web.Response:
         "budgets": [b for b in state.budgets if namespace is None or b["namespace"] == namespace],
         "feedback": {"wrong": sum(r.wrong_hits for r in rows),
                      "correct": sum(r.correct_hits for r in rows), "recent_events": len(events)},
+        "policy": _policy_view(rt, rt.cache) if rt.cache is not None else None,
+        "shadow": rt.shadow.report(namespace) if rt.shadow else None,
         "settings": rt.settings.public(),
     })
 
@@ -410,6 +417,10 @@ async def feedback(request: web.Request) -> web.Response:
     if similarity is None and served is not None:
         similarity = served.similarity
     rt.ledger.feedback(namespace, model, correct)
+    if served is not None and served.observation is not None:
+        # the policy trains on it (never calibrates: reported hits are not a fair sample)
+        cache.policy.record(Outcome(served.observation, correct, 1.0, "feedback", entry_id))
+        rt.metrics.outcomes.labels("feedback", "right" if correct else "wrong").inc()
     event = FeedbackEvent(at=time.time(), entry_id=entry_id, namespace=namespace, model=model,
                           correct=correct, similarity=float(similarity) if similarity is not None else None,
                           match=served.match if served is not None else None, deleted=deleted)
@@ -424,6 +435,74 @@ async def feedback_events(request: web.Request) -> web.Response:
     namespace = _namespace_param(request.query.get("namespace"))
     limit = _int_param(request.query.get("limit"), "limit", default=100, lo=1, hi=10_000)
     return web.json_response({"events": [e.as_dict() for e in rt.feedback.events(limit, namespace)]})
+
+
+# ------------------------------------------------------------------ answer quality
+def _policy_view(rt: Runtime, cache: SemanticCache) -> dict[str, Any]:
+    return {**cache.policy.state(), "explore_rate": rt.settings.explore_rate,
+            "explored": rt.counters.explored,
+            "verifier": rt.verifier.stats() if rt.verifier is not None else None}
+
+
+async def policy(request: web.Request) -> web.Response:
+    """GET /semcache/policy: the adaptive policy's state — outcomes by source, the fitted
+    scorer, whether its calibration is active, the similarity it serves from."""
+    require_admin(request)
+    rt = request.app[RUNTIME]
+    return web.json_response(_policy_view(rt, _cache(rt)))
+
+
+async def update_policy(request: web.Request) -> web.Response:
+    """POST /semcache/policy ``{"refit": true, "learning": false}``: refit now (waits for
+    it), and/or stop or resume learning (exploration and outcome recording)."""
+    require_admin(request)
+    rt = request.app[RUNTIME]
+    cache = _cache(rt)
+    body = await _json_body(request)
+    unknown = sorted(set(body) - {"refit", "learning"})
+    if unknown:
+        raise InvalidRequestError(unknown[0], body[unknown[0]],
+                                  "is not a policy field (known: learning, refit)")
+    for name in ("refit", "learning"):
+        if name in body and not isinstance(body[name], bool):
+            raise InvalidRequestError(name, body[name], "must be true or false")
+    if body.get("learning") is not None:
+        if body["learning"] and cache.policy.mode != "adaptive":
+            raise InvalidRequestError("learning", True, "needs policy=adaptive (it is static)")
+        cache.policy.learning = body["learning"]
+    if body.get("refit"):
+        if cache.policy.mode != "adaptive":
+            raise InvalidRequestError("refit", True, "needs policy=adaptive (it is static)")
+        await _run(rt.store_pool, cache.policy.flush)
+        await _run(rt.learn_pool, cache.policy.refit)
+        rt.last_refit = time.time()
+    return web.json_response(_policy_view(rt, cache))
+
+
+async def shadow_report(request: web.Request) -> web.Response:
+    """GET /semcache/shadow?namespace=: would-be hit and wrong-hit rates of the shadowed
+    namespaces since the sidecar started."""
+    require_admin(request)
+    rt = request.app[RUNTIME]
+    return web.json_response(rt.shadow.report(_namespace_param(request.query.get("namespace"))))
+
+
+async def set_shadow(request: web.Request) -> web.Response:
+    """POST /semcache/shadow ``{"namespaces": ["team-a"]}``: shadow exactly these from now
+    on (``["*"]``: all, ``[]``: none; until restart, when the ``shadow`` setting applies
+    again).  Answers the report."""
+    require_admin(request)
+    rt = request.app[RUNTIME]
+    body = await _json_body(request)
+    unknown = sorted(set(body) - {"namespaces"})
+    if unknown:
+        raise InvalidRequestError(unknown[0], body[unknown[0]],
+                                  "is not a shadow field (known: namespaces)")
+    names = body.get("namespaces")
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise InvalidRequestError("namespaces", names, "must be an array of namespace names")
+    rt.shadow.set(names)
+    return web.json_response(rt.shadow.report())
 
 
 # ------------------------------------------------------------------ export/import
@@ -539,5 +618,9 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/semcache/invalidate", invalidate)
     r.add_post("/semcache/feedback", feedback)
     r.add_get("/semcache/feedback", feedback_events)
+    r.add_get("/semcache/policy", policy)
+    r.add_post("/semcache/policy", update_policy)
+    r.add_get("/semcache/shadow", shadow_report)
+    r.add_post("/semcache/shadow", set_shadow)
     r.add_get("/semcache/export", export)
     r.add_post("/semcache/import", import_)

@@ -4,7 +4,8 @@ Lifecycle (``cleanup_ctx``): the upstream client starts first and the server lis
 once; the embedding model loads and the index is rebuilt in the background, and until
 then requests are forwarded uncached (``X-Semcache-Status: bypass``) and ``/readyz``
 answers 503.  A maintenance task persists hit counts and the spend ledger and sweeps
-expired entries.  On shutdown (SIGTERM/SIGINT) in-flight requests drain, background
+expired entries, persists the adaptive policy's outcomes and refits it (on its own
+thread) when enough new ones arrived.  On shutdown (SIGTERM/SIGINT) in-flight requests drain, background
 stores finish, the ledger is flushed, LMDB is closed cleanly, and the process exits 0.
 
 The operator API and ``/metrics`` are in :mod:`semcache.web_admin`; an app refuses to be
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,7 +28,9 @@ from .embedding import Embedder
 from .ledger import Ledger
 from .pricing import load_prices
 from .settings import Settings
+from .shadow import Shadow
 from .upstream import Upstream
+from .verifier import load_verifier
 from .web_admin import add_routes as add_operator_routes
 from .web_admin import check_exposure
 from .web_middlewares import error_middleware, error_response
@@ -54,9 +58,13 @@ def make_app(
     check_exposure(settings)
     app = web.Application(middlewares=[error_middleware],
                           client_max_size=settings.max_body_bytes)
-    app[RUNTIME] = Runtime(settings=settings, upstream=Upstream(
-        settings.upstream, connect_timeout=settings.upstream_connect_timeout,
-        timeout=settings.upstream_timeout), ledger=Ledger(load_prices(settings.prices)))
+    app[RUNTIME] = Runtime(
+        settings=settings, upstream=Upstream(
+            settings.upstream, connect_timeout=settings.upstream_connect_timeout,
+            timeout=settings.upstream_timeout),
+        ledger=Ledger(load_prices(settings.prices)), shadow=Shadow(settings.shadow),
+        verifier=load_verifier(settings.verifier, model=settings.verifier_model,
+                               api_key=settings.verifier_api_key, timeout=settings.verifier_timeout))
     app.cleanup_ctx.append(_lifecycle(embedder, cache))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -100,6 +108,9 @@ def _lifecycle(embedder: Embedder | None, cache: SemanticCache | None):  # type:
                 await loop.run_in_executor(rt.store_pool, rt.cache.close)
             rt.lookup_pool.shutdown(wait=True)
             rt.store_pool.shutdown(wait=True)
+            rt.learn_pool.shutdown(wait=True)
+            if rt.verifier is not None:
+                await rt.verifier.close()
             await rt.upstream.close()
 
     return ctx
@@ -136,8 +147,22 @@ async def _maintain(rt: Runtime) -> None:
             await loop.run_in_executor(rt.store_pool, cache.flush_hits)
             await loop.run_in_executor(rt.store_pool, rt.ledger.flush)
             await loop.run_in_executor(rt.store_pool, cache.sweep)
+            await loop.run_in_executor(rt.store_pool, cache.policy.flush)
         except Exception as exc:
             log.warning("maintenance failed: %s: %s", type(exc).__name__, exc)
+        if cache.policy.due() and time.time() - rt.last_refit >= rt.settings.policy_refit_interval:
+            rt.last_refit = time.time()
+            refit = loop.run_in_executor(rt.learn_pool, cache.policy.refit)
+            refit.add_done_callback(_log_failure("refitting the policy"))
+            rt.track(refit)
+
+
+def _log_failure(what: str):  # type: ignore[no-untyped-def]
+    def done(fut: asyncio.Future[Any]) -> None:
+        exc = fut.exception() if not fut.cancelled() else None
+        if exc is not None:
+            log.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
+    return done
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -2,9 +2,10 @@
 
 Cached endpoints (``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``):
 
-    read body (limit) -> parse -> controls -> keys -> exact lookup -> semantic lookup
-    (time budget, fail open) -> hit: replay | miss: coalesce -> upstream -> relay
-    (streamed as it arrives) -> admission -> store in the background
+    read body (limit) -> parse -> controls -> keys -> exact lookup -> semantic candidate
+    (time budget, fail open) -> policy, shadow, exploration, verifier (web_quality) ->
+    hit: replay | miss: coalesce -> upstream -> relay (streamed as it arrives) ->
+    admission -> store, and judge a candidate that was not served, in the background
 
 Every other ``/v1/*`` path is forwarded verbatim, streaming both ways, never cached.
 """
@@ -27,7 +28,8 @@ from aiohttp import web
 
 from . import admission
 from . import web_accounting as accounting
-from .cache import Hit
+from . import web_quality as quality
+from .cache import Candidate, Hit
 from .coalesce import Flight
 from .errors import InvalidRequestError, PayloadTooLargeError, UpstreamError, UpstreamTimeoutError
 from .keys import CHAT, EMBEDDINGS, NAMESPACE_HEADER, CacheRequest
@@ -52,6 +54,12 @@ class Controls:
     threshold: float | None = None
     namespace: str | None = None
     ttl: float | None = None
+    max_wrong_rate: float | None = None
+
+    @property
+    def own_rule(self) -> bool:
+        """The request chose its own serving rule (threshold or error bound)."""
+        return self.threshold is not None or self.max_wrong_rate is not None
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str], settings: Settings) -> Controls:
@@ -65,8 +73,14 @@ class Controls:
         ttl = _float_header(headers, "X-Semcache-TTL")
         if ttl is not None and ttl <= 0:
             raise InvalidRequestError("X-Semcache-TTL", ttl, "must be a positive number of seconds")
+        bound = _float_header(headers, "X-Semcache-Max-Wrong-Rate")
+        if bound is not None:
+            if not 0.0 <= bound <= 1.0:
+                raise InvalidRequestError("X-Semcache-Max-Wrong-Rate", bound, "must be in [0, 1]")
+            bound = min(bound, settings.wrong_rate_ceiling)  # requests may only be stricter
         return cls(no_cache="no-cache" in tokens, no_store="no-store" in tokens,
-                   threshold=threshold, namespace=headers.get(NAMESPACE_HEADER), ttl=ttl)
+                   threshold=threshold, namespace=headers.get(NAMESPACE_HEADER), ttl=ttl,
+                   max_wrong_rate=bound)
 
 
 def _float_header(headers: Mapping[str, str], name: str) -> float | None:
@@ -109,17 +123,19 @@ def parse_json(raw: bytes) -> Any:
 
 
 # ------------------------------------------------------------------------ lookup
-def _search_before(deadline: float, rt: Runtime, creq: CacheRequest, threshold: float | None,
-                   vector: np.ndarray | None) -> Hit | None:
+def _search_before(deadline: float, rt: Runtime, creq: CacheRequest, controls: Controls,
+                   vector: np.ndarray | None) -> Candidate | None:
     """Runs on the lookup thread (index search, embedding too when no batcher is given);
     skips work whose caller already gave up."""
     if time.monotonic() > deadline or rt.cache is None:
         return None
-    return rt.cache.lookup_semantic(creq, threshold=threshold, vector=vector)
+    return rt.cache.consider(creq, threshold=controls.threshold, vector=vector,
+                             max_wrong_rate=controls.max_wrong_rate)
 
 
-async def lookup(rt: Runtime, creq: CacheRequest, threshold: float | None) -> Hit | None:
-    """Exact then semantic lookup within the time budget; any failure is a miss.
+async def lookup(rt: Runtime, creq: CacheRequest, controls: Controls) -> Hit | Candidate | None:
+    """The exact hit, else the semantic candidate with the policy's verdict (not yet
+    served), within the time budget; any failure is a miss.
 
     The embedding goes through the micro-batcher, so concurrent lookups share forward
     passes; the index search then runs on the lookup thread, off the event loop.
@@ -135,9 +151,9 @@ async def lookup(rt: Runtime, creq: CacheRequest, threshold: float | None) -> Hi
         deadline = time.monotonic() + budget
         text = creq.semantic_text
 
-        async def semantic() -> Hit | None:
+        async def semantic() -> Candidate | None:
             vector = await rt.batcher.embed(text) if rt.batcher is not None else None
-            work = functools.partial(_search_before, deadline, rt, creq, threshold, vector)
+            work = functools.partial(_search_before, deadline, rt, creq, controls, vector)
             return await loop.run_in_executor(rt.lookup_pool, work)
 
         return await asyncio.wait_for(semantic(), budget)
@@ -207,19 +223,33 @@ async def cached_endpoint(request: web.Request) -> web.StreamResponse:
         return await forward(request, rt, raw, creq, body, controls, None, "bypass", t0)
     if not controls.no_cache:
         started = time.perf_counter()
-        hit = await lookup(rt, creq, controls.threshold)  # embeddings: exact only
+        found = await lookup(rt, creq, controls)  # embeddings: exact only
         accounting.on_lookup(rt, creq.endpoint, time.perf_counter() - started)
+        shadowed = rt.shadow.covers(namespace)
+        extra: dict[str, str] = {}
+        probe: quality.Probe | None = None
+        hit: Hit | None = found if isinstance(found, Hit) else None
+        if isinstance(found, Candidate):
+            decision = await quality.decide(rt, creq, found, own_rule=controls.own_rule,
+                                            shadowed=shadowed)
+            extra, probe = decision.headers, decision.probe
+            if decision.serve:
+                hit = cache.serve(found)
+        elif shadowed:
+            rt.shadow.looked_up(namespace, "exact" if hit is not None else None)
+            extra = {"X-Semcache-Shadow": "would-hit" if hit is not None else "would-miss"}
+            hit = None  # a shadowed namespace is always answered upstream
         if hit is not None:
             if hit.match == "exact":
                 rt.counters.hits_exact += 1
             else:
                 rt.counters.hits_semantic += 1
             answer = hit.json()
-            accounting.on_hit(rt, creq, body, answer, hit.match, hit.similarity, hit.entry_id)
-            headers = hit_headers(hit)
-            headers["Server-Timing"] = _timing(t0)
+            accounting.on_hit(rt, creq, body, answer, hit.match, hit.similarity, hit.entry_id,
+                              found.observation if isinstance(found, Candidate) else None)
+            headers = {**hit_headers(hit), **extra, "Server-Timing": _timing(t0)}
             return await respond_with_answer(request, creq, body, answer, headers)
-        pending = rt.coalescer.pending(creq.exact)
+        pending = None if shadowed else rt.coalescer.pending(creq.exact)
         if pending is not None:
             shared = await asyncio.shield(pending)
             if shared is not None:
@@ -228,15 +258,18 @@ async def cached_endpoint(request: web.Request) -> web.StreamResponse:
                 return await respond_with_answer(
                     request, creq, body, shared,
                     {STATUS: "hit", "X-Semcache-Match": "exact", "X-Semcache-Similarity": "1.0000",
-                     "X-Semcache-Coalesced": "1"})
-        flight = rt.coalescer.begin(creq.exact)
+                     "X-Semcache-Coalesced": "1", "X-Semcache-Age": "0",
+                     "Server-Timing": _timing(t0)})
+        flight = None if shadowed else rt.coalescer.begin(creq.exact)
         rt.counters.misses += 1
         try:
-            return await forward(request, rt, raw, creq, body, controls, flight, "miss", t0)
+            return await forward(request, rt, raw, creq, body, controls, flight, "miss", t0,
+                                 extra=extra, probe=probe)
         finally:
-            flight.publish(None)
-            if not flight.held:
-                flight.finish()
+            if flight is not None:
+                flight.publish(None)
+                if not flight.held:
+                    flight.finish()
     rt.counters.bypasses += 1
     return await forward(request, rt, raw, creq, body, controls, None, "bypass", t0)
 
@@ -252,9 +285,11 @@ def _timing(t0: float, upstream_start: float | None = None) -> str:
 
 async def forward(
     request: web.Request, rt: Runtime, raw: bytes, creq: CacheRequest | None,
-    body: Any, controls: Controls, flight: Flight | None, status: str, t0: float,
+    body: Any, controls: Controls, flight: Flight | None, status: str, t0: float, *,
+    extra: Mapping[str, str] | None = None, probe: quality.Probe | None = None,
 ) -> web.StreamResponse:
-    """Send the request upstream and relay the answer; store it when admissible.
+    """Send the request upstream and relay the answer; store it when admissible, and
+    judge ``probe`` (a candidate not served) against it.  ``extra``: headers to add.
 
     ``Server-Timing`` tells the time before the upstream call (semcache's overhead) and
     until the upstream's response headers arrived.
@@ -272,11 +307,12 @@ async def forward(
             rt.counters.upstream_errors += 1
         ctype = upstream_resp.headers.get("Content-Type", "")
         headers = response_headers(upstream_resp.headers)
+        headers.update(extra or {})
         headers[STATUS] = status
         headers["Server-Timing"] = timing
         if wants_stream and upstream_resp.status == 200 and "text/event-stream" in ctype:
             return await _relay_stream(request, rt, upstream_resp, creq, controls, flight, headers,
-                                       charge)
+                                       charge, probe)
         try:
             data = await upstream_resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -293,6 +329,7 @@ async def forward(
             except ValueError:
                 answer = None
         charge.settle(upstream_resp.status, answer)
+        quality.judge(rt, probe, upstream_resp.status, answer)
         if creq is not None and not controls.no_store:
             _admit(rt, creq, upstream_resp.status, answer, controls, flight)
         return resp
@@ -303,7 +340,7 @@ async def forward(
 async def _relay_stream(
     request: web.Request, rt: Runtime, upstream_resp: aiohttp.ClientResponse,
     creq: CacheRequest | None, controls: Controls, flight: Flight | None,
-    headers: Any, charge: accounting.Charge,
+    headers: Any, charge: accounting.Charge, probe: quality.Probe | None,
 ) -> web.StreamResponse:
     """Relay SSE bytes as they arrive while assembling; store only a complete stream.
 
@@ -336,8 +373,9 @@ async def _relay_stream(
         client_gone = True
     if client_gone:
         log.info("client left %s before the end of the stream", request.path)
+    answer = assembler.body() if assembler.complete else None
+    quality.judge(rt, probe, 200 if assembler.complete else 599, answer)
     if creq is not None and not controls.no_store:
-        answer = assembler.body() if assembler.complete else None
         _admit(rt, creq, 200 if assembler.complete else 599, answer, controls, flight)
     return out
 

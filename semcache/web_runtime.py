@@ -24,7 +24,9 @@ from .feedback import FeedbackLog
 from .ledger import Ledger
 from .metrics import Metrics
 from .settings import Settings
+from .shadow import Shadow
 from .upstream import Upstream
+from .verifier import Verifier
 
 __all__ = ["Runtime", "RUNTIME", "Counters"]
 
@@ -47,6 +49,9 @@ class Counters:
     lookup_failures: int = 0
     lookup_timeouts: int = 0
     upstream_errors: int = 0
+    explored: int = 0
+    judging: int = 0  # probes waiting for the judge (web_quality)
+    judge_dropped: int = 0
 
 
 @dataclass
@@ -71,6 +76,13 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     ledger: Ledger = field(default_factory=Ledger)
     feedback: FeedbackLog = field(default_factory=FeedbackLog)
+    # answer quality (web_quality): shadowed namespaces, the optional verifier, and the
+    # thread the adaptive policy refits on (seconds of CPU, never on the lookup thread)
+    shadow: Shadow = field(default_factory=Shadow)
+    verifier: Verifier | None = None
+    learn_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="semcache-learn"))
+    last_refit: float = 0.0
 
     @property
     def ready(self) -> bool:

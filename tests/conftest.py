@@ -257,9 +257,10 @@ def start_sidecar(tmp_path: Path, embedder: SentenceTransformerEmbedder,
 
     def factory(*, embedder_: Any = None, **overrides: Any) -> Sidecar:
         # a generous lookup budget: a shared, loaded machine must not turn hits into
-        # fail-open misses (the budget itself is tested with its own setting)
+        # fail-open misses (the budget itself is tested with its own setting); no random
+        # exploration, so a hit is a hit (tests of exploration set explore_rate)
         settings = Settings(data_dir=tmp_path / "sidecar", upstream=fake.url, sync=False,
-                            lookup_timeout=10.0).replace(**overrides)
+                            lookup_timeout=10.0, explore_rate=0.0).replace(**overrides)
         server = ThreadedApp(make_app(settings, embedder=embedder_ or embedder)).start()
         started.append(server)
         rt = server.app[RUNTIME]

@@ -169,7 +169,8 @@ def test_feedback_on_a_wrong_hit_removes_it_and_is_counted(
     with pytest.raises(NotFoundError, match=f"entry {entry} not found"):
         ops.entry(entry)
     assert ask(c, PARA, extra_headers=LOOSE)[0]["x-semcache-status"] == "miss"
-    assert ask(c, Q)[0]["x-semcache-status"] == "miss"  # the exact key went with it
+    # the exact key went with it (and the paraphrase just stored may not answer it)
+    assert ask(c, Q, extra_headers={"X-Semcache-Threshold": "0.99"})[0]["x-semcache-status"] == "miss"
     assert fake.stats.total(CHAT) == 3
     sc.wait_stores()
     h, _ = ask(c, Q)

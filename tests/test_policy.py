@@ -116,6 +116,9 @@ def test_answer_equivalence(embedder: SentenceTransformerEmbedder) -> None:
                       embedder.embed, 0.92)
     assert not equivalent("The capital of France is Paris.", "Lima is the capital of Peru.",
                           embedder.embed, 0.92)
+    # close in meaning, opposite in fact: the guard decides, whatever the cosine
+    assert not equivalent("Sort it in ascending order with sorted(xs).",
+                          "Sort it in descending order with sorted(xs).", embedder.embed, 0.92)
     # 1.0: only equal texts count (the embedding is not consulted)
     assert not equivalent("The capital of France is Paris.", "Paris is the capital of France.",
                           embedder.embed, 1.0)
