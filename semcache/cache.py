@@ -384,7 +384,8 @@ class SemanticCache:
         """Store ``response`` (the complete JSON answer) for ``req``; returns the entry id.
 
         ``ttl`` overrides the configured time to live (seconds).  Evicts least valuable
-        entries to stay inside the caps.  Blocks for the embedding (when the memo does not
+        entries to stay inside the caps; raises :class:`InvalidRequestError` (storing and
+        evicting nothing) for an answer larger than ``max_bytes``.  Blocks for the embedding (when the memo does not
         have it) and the LMDB commit; the web layer calls it off the response path.
         """
         body = response if isinstance(response, bytes) else json.dumps(
@@ -404,8 +405,10 @@ class SemanticCache:
             scope=req.scope, exact=req.exact, namespace=req.namespace, endpoint=req.endpoint,
             model=req.model, text=req.semantic_text, body=body, usage=usage, created=now,
             expires=now + life if life is not None else None)
+        size = len(record.pack())  # the size the store will record
+        self._check_fits(size)
         with self._lock:  # one store at a time keeps index, tracker and LMDB in step
-            self._evict_locked(len(record.pack()))  # the size the store will record
+            self._evict_locked(size)
             entry_id, meta, replaced = self.store_db.put(record, vec)
             self._track_stored(entry_id, record, meta, replaced, vec)
         return entry_id
@@ -422,6 +425,17 @@ class SemanticCache:
             for old in replaced:
                 self.tracker.remove(old)
             self.tracker.add(entry_id, meta.size, record.expires)
+
+    def _check_fits(self, size: int, count: int = 1) -> None:
+        """Refuse what no eviction could make room for: an entry larger than
+        ``max_bytes``, or more entries at once than ``max_entries``."""
+        if size > self.settings.max_bytes:
+            raise InvalidRequestError("response", f"{size} bytes",
+                                      f"is larger than max_bytes ({self.settings.max_bytes})")
+        if count > self.settings.max_entries:
+            raise InvalidRequestError("entries", count,
+                                      f"are more than max_entries ({self.settings.max_entries}) "
+                                      "at once")
 
     def _evict_locked(self, incoming: int) -> None:
         """Make room for one entry of ``incoming`` bytes.  Once a cap would be exceeded,
@@ -475,14 +489,18 @@ class SemanticCache:
         kept, vectors made by *this* cache's embedder.  ``vectors`` are those of the
         records that have text, in order (:meth:`embed_many`; embedded here when None).
         Returns the new ids, in order.  An entry with the same exact digest is replaced;
-        the caps evict as for :meth:`store`.  Blocks for one LMDB commit."""
+        the caps evict as for :meth:`store`.  Raises :class:`InvalidRequestError`, storing
+        nothing, for a record larger than ``max_bytes`` or more records than
+        ``max_entries``.  Blocks for one LMDB commit."""
         if not records:
             return []
         if vectors is None:
             vectors = self.embed_many([r.text for r in records if r.text])
         pending = iter(vectors)
         items = [(r, next(pending) if r.text else None) for r in records]
-        incoming = sum(len(r.pack()) for r in records)
+        sizes = [len(r.pack()) for r in records]
+        self._check_fits(max(sizes), len(records))
+        incoming = sum(sizes)
         ids: list[int] = []
         with self._lock:
             with self._book:

@@ -416,6 +416,9 @@ def _admit(rt: Runtime, creq: CacheRequest, status: int, answer: Any, controls: 
         exc = fut.exception() if not fut.cancelled() else None
         if exc is None:
             rt.counters.stores += 1
+        elif isinstance(exc, InvalidRequestError):  # e.g. larger than max_bytes
+            rt.counters.store_refusals += 1
+            log.info("not storing %s answer: %s", creq.endpoint, exc)
         else:
             rt.counters.store_failures += 1
             log.warning("storing an answer failed (%s: %s)", type(exc).__name__, exc)

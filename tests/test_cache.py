@@ -175,6 +175,34 @@ def test_byte_cap_evicts(make_cache: CacheFactory) -> None:
     assert cache.store_db.count() == len(cache) < 6
 
 
+def test_an_answer_larger_than_max_bytes_is_refused_and_evicts_nothing(
+        make_cache: CacheFactory) -> None:
+    cache = make_cache(max_bytes=2000)
+    kept = cache.store(req(chat("small question")), answer("short"))
+    with pytest.raises(InvalidRequestError, match=r"response.*larger than max_bytes \(2000\)"):
+        cache.store(req(chat("big question")), answer("x" * 5000))
+    assert len(cache) == 1 and cache.store_db.get(kept) is not None and cache.evictions == 0
+    records = [cache.store_db.get(kept)]
+    with pytest.raises(InvalidRequestError, match="max_entries"):
+        make_cache(data_dir=cache.settings.data_dir.parent / "b", max_entries=1).restore_many(
+            [r for r in records if r] * 2)
+
+
+def test_eviction_takes_a_batch_so_the_next_stores_evict_nothing(make_cache: CacheFactory) -> None:
+    cap = 128
+    cache = make_cache(max_entries=cap)
+    for i in range(cap):
+        cache.store(req(chat(f"question number {i}")), answer(f"a{i}"))
+    assert cache.evictions == 0
+    cache.store(req(chat("one more question")), answer("b"))
+    batch = cache.evictions
+    assert batch == 1 + cap // 64  # room for cap // 64 more stores was made at once
+    assert len(cache) == cache.store_db.count() == cap + 1 - batch
+    for i in range(batch - 1):
+        cache.store(req(chat(f"later question {i}")), answer("c"))
+    assert cache.evictions == batch and len(cache) == cap  # filled up again, no eviction
+
+
 def test_store_of_another_model_is_refused_naming_both(make_cache: CacheFactory) -> None:
     first = make_cache()
     first.store(req(chat("hello")), answer("hi"))
