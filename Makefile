@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install build run demo test test-native test-python lint bench bench-proxy bench-embedding bench-micro bench-scale clean
+.PHONY: install build run demo test test-native test-python lint bench bench-quality bench-proxy bench-embedding bench-micro bench-scale clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ lint: install
 
 bench: install
 	$(PY) -m bench
+
+# static threshold vs the adaptive policy (warm-up on dev in shadow mode, scored on test)
+bench-quality: install
+	$(PY) -m semcache bench quality --readme README.md
 
 # the sidecar's latency and throughput against the fake upstream (~3 minutes)
 bench-proxy: install

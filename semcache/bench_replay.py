@@ -61,7 +61,7 @@ from .settings import Settings
 from .web_app import make_app
 from .web_runtime import RUNTIME, Runtime
 
-__all__ = ["Outcome", "Replay", "replay", "EXACT_LANE", "PASS_LANE", "Servers"]
+__all__ = ["Outcome", "Replay", "replay", "EXACT_LANE", "PASS_LANE", "Servers", "BenchClient"]
 
 EXACT_LANE = "exact"
 PASS_LANE = "pass"
@@ -90,6 +90,8 @@ class Outcome:
     prompt_tokens: int
     completion_tokens: int
     answer: str = ""
+    confidence: float | None = None  # X-Semcache-Confidence (the adaptive policy's)
+    guard: str | None = None  # X-Semcache-Guard: the near-miss guard's objection
 
     @property
     def hit(self) -> bool:
@@ -187,13 +189,16 @@ async def running(settings: Settings | None, embedder: Embedder | None, floor: f
     """Servers with a fresh store in a temporary directory (``settings`` may be None)."""
     with tempfile.TemporaryDirectory(prefix="semcache-bench-") as tmp:
         base = settings or Settings()
+        # the static rule only: what a threshold does, with no learning or exploration
+        # changing decisions during the replay (bench_quality measures the adaptive policy)
         bench = base.replace(data_dir=Path(tmp) / "store", sync=False, threshold_floor=floor,
-                             lookup_timeout=max(base.lookup_timeout, 30.0), ttl=None)
+                             lookup_timeout=max(base.lookup_timeout, 30.0), ttl=None,
+                             policy="static", explore_rate=0.0)
         async with Servers(bench, embedder) as servers:
             yield servers
 
 
-class _Client:
+class BenchClient:
     """The ``openai`` SDK against the sidecar, one namespace per run, tenant and lane."""
 
     def __init__(self, url: str, run: str, concurrency: int) -> None:
@@ -230,7 +235,10 @@ class _Client:
                        entry=int(entry) if entry else None, correct=served == expected,
                        positive=r.positive, latency_s=elapsed, prompt_tokens=ptok,
                        completion_tokens=ctok if not mismatch else -1,
-                       answer=hashlib.sha256(served.encode("utf-8")).hexdigest()[:16])
+                       answer=hashlib.sha256(served.encode("utf-8")).hexdigest()[:16],
+                       confidence=(float(h["x-semcache-confidence"])
+                                   if h.get("x-semcache-confidence") else None),
+                       guard=h.get("x-semcache-guard"))
 
     async def close(self) -> None:
         await self.sdk.close()
@@ -255,7 +263,7 @@ async def replay(
     """
     assert servers.runtime is not None
     run = f"bench-{workload.name}-{uuid.uuid4().hex[:8]}"
-    client = _Client(servers.url, run, concurrency)
+    client = BenchClient(servers.url, run, concurrency)
     counters = servers.runtime.counters
     timeouts0, failures0 = counters.lookup_timeouts, counters.lookup_failures
     calls0 = servers.upstream_calls
@@ -288,7 +296,7 @@ async def _gather_in_order(coros: Sequence[Any], bar: Any) -> list[Outcome]:
     return list(await asyncio.gather(*(one(c) for c in coros)))
 
 
-async def _replay_pairs(workload: Workload, servers: Servers, client: _Client, floor: float,
+async def _replay_pairs(workload: Workload, servers: Servers, client: BenchClient, floor: float,
                         progress: bool) -> dict[str, list[Outcome]]:
     with _bar(len(workload.loads), f"{workload.name}: load", progress) as bar:
         await _gather_in_order([client.send(r, PASS_LANE, {"Cache-Control": "no-cache"})
@@ -301,7 +309,7 @@ async def _replay_pairs(workload: Workload, servers: Servers, client: _Client, f
     return {PASS_LANE: outcomes}
 
 
-async def _replay_log(workload: Workload, servers: Servers, client: _Client,
+async def _replay_log(workload: Workload, servers: Servers, client: BenchClient,
                       thresholds: Sequence[float], progress: bool) -> dict[str, list[Outcome]]:
     lanes: dict[str, dict[str, str]] = {EXACT_LANE: {"X-Semcache-Threshold": "1.0"}}
     for t in sorted(set(thresholds)):

@@ -107,14 +107,16 @@ def plot(reports: Sequence[WorkloadReport], tier: Tier, out: Path) -> list[Path]
     return paths
 
 
-def replace_block(readme: Path, body: str) -> None:
-    """Replace the text between the savings markers of ``readme`` with ``body``.
+def replace_block(readme: Path, body: str, block: str = "savings") -> None:
+    """Replace the text between the ``<!-- {block}:begin -->`` and ``<!-- {block}:end -->``
+    markers of ``readme`` with ``body``.
 
     Raises ``ValueError`` when the markers are missing (the README must name where the
     numbers go; the command never guesses)."""
+    begin, end_mark = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
     text = readme.read_text(encoding="utf-8")
-    start, end = text.find(BEGIN), text.find(END)
+    start, end = text.find(begin), text.find(end_mark)
     if start < 0 or end < start:
-        raise ValueError(f"{readme} has no {BEGIN} ... {END} block")
-    readme.write_text(text[: start + len(BEGIN)] + "\n" + body.strip() + "\n" + text[end:],
+        raise ValueError(f"{readme} has no {begin} ... {end_mark} block")
+    readme.write_text(text[: start + len(begin)] + "\n" + body.strip() + "\n" + text[end:],
                       encoding="utf-8")

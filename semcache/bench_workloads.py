@@ -55,6 +55,7 @@ from .errors import SemcacheError
 from .keys import canonical_json
 
 __all__ = [
+    "builtin_pairs",
     "BenchRequest",
     "Workload",
     "WorkloadError",
@@ -430,11 +431,19 @@ def builtin_workload(name: str, data_dir: Path, *, split: Split = "test",
             raise WorkloadError(str(path), "no such file")
         items = json.loads(path.read_text(encoding="utf-8"))
         return meancache_workload(items[:limit] if limit else items, source=str(path))
+    pairs, path = builtin_pairs(name, data_dir, split=split, limit=limit)
+    return pairs_workload(name, pairs, source=str(path))
+
+
+def builtin_pairs(name: str, data_dir: Path, *, split: Split = "test",
+                  limit: int | None = None) -> tuple[list[Pair], Path]:
+    """The pairs of a built-in pairs workload (``qqp``, ``langcache``, ``gptcache``) and
+    the file they came from; splits and ``limit`` as in :func:`builtin_workload`."""
     if name == "qqp":
         path = data_dir / BUILTIN[name].format(split="dev" if split == "dev" else "test")
-        pairs = split_pairs(read_pairs(path), "all", limit)
-    else:
-        path = data_dir / BUILTIN[name]
-        pairs = split_pairs(read_pairs(path), split, limit)
-    return pairs_workload(name, pairs, source=str(path))
+        return split_pairs(read_pairs(path), "all", limit), path
+    if name not in BUILTIN or name == "meancache":
+        raise WorkloadError(name, "is not a pairs workload (qqp, langcache, gptcache)")
+    path = data_dir / BUILTIN[name]
+    return split_pairs(read_pairs(path), split, limit), path
 

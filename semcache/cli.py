@@ -173,6 +173,34 @@ def _add_bench_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
     sav.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_arguments(sav, _BENCH_SETTINGS)
 
+    qual = bench_sub.add_parser(
+        "quality", help="static threshold vs the adaptive policy: precision at each recall",
+        description="Per workload, a sidecar warms its adaptive policy up on the dev pairs in "
+                    "shadow mode (nothing served, every candidate judged), then the test pairs "
+                    "are replayed once and the static threshold, the threshold with the "
+                    "near-miss guard and the adaptive policy are scored side by side: "
+                    "precision at recall 0.3-0.7, wrong-hit rate at each error bound, the "
+                    "default settings. " + _SIDECAR_NOTE)
+    qual.add_argument("--workload", action="append", choices=["qqp", "langcache", "gptcache",
+                                                              "meancache"],
+                      help="a built-in workload (repeatable; default qqp, langcache, meancache)")
+    qual.add_argument("--data", type=Path, default=Path("../shared/data"),
+                      help="directory of the labeled data [default ../shared/data]")
+    qual.add_argument("--limit", type=_limit, default=3000,
+                      help="first N test pairs per workload; 0: all [default 3000]")
+    qual.add_argument("--dev-limit", type=_limit, default=None,
+                      help="first N dev pairs of the warm-up; 0: all [default 0]")
+    qual.add_argument("--chunk", type=int, default=3000,
+                      help="dev pairs per warm-up namespace (as many entries as the test cache "
+                           "holds) [default 3000]")
+    qual.add_argument("--out", type=Path, default=Path("bench/results"),
+                      help="directory for quality.json, quality.md [default bench/results]")
+    qual.add_argument("--readme", type=Path, default=None,
+                      help="also write the tables into this README's quality block")
+    qual.add_argument("--concurrency", type=int, default=8, help="requests in flight [default 8]")
+    qual.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_arguments(qual, [*_BENCH_SETTINGS, "max_wrong_rate", "policy_floor"])
+
     cal = sub.add_parser(
         "calibrate", help="pick the similarity threshold for a target precision from labeled pairs",
         description="Chooses the lowest threshold whose precision on the dev pairs reaches the "
@@ -213,6 +241,17 @@ def _run_bench_command(args: argparse.Namespace, settings: Settings,
     embedder = _sidecar_embedder(settings)
     print(f"{args.command}: embedding with {embedder.name}, near-miss guard "
           f"{'on' if settings.near_miss_guard else 'off'}", flush=True)
+    command = "semcache " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.command == "bench" and args.bench_command == "quality":
+        from .bench_quality import QualityConfig, run_quality
+
+        run_quality(QualityConfig(
+            data=args.data, workloads=args.workload or ["qqp", "langcache", "meancache"],
+            limit=args.limit, dev_limit=args.dev_limit, chunk=args.chunk, out=args.out,
+            readme=args.readme, concurrency=args.concurrency,
+            progress=not args.no_progress and sys.stderr.isatty(), command=command),
+            settings, embedder=embedder)
+        return 0
     if args.command == "bench":
         from .bench_savings import SavingsConfig, run_savings
 
@@ -225,7 +264,7 @@ def _run_bench_command(args: argparse.Namespace, settings: Settings,
             static=args.static, floor=args.floor, prices=args.tier_prices, out=args.out,
             plots=args.plots, readme=args.readme, concurrency=args.concurrency,
             progress=not args.no_progress and sys.stderr.isatty(),
-            command="semcache " + " ".join(sys.argv[1:] if argv is None else argv))
+            command=command)
         run_savings(cfg, settings, embedder=embedder)
         return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,7 +83,7 @@ class Runtime:
     verifier: Verifier | None = None
     learn_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="semcache-learn"))
-    last_refit: float = 0.0
+    last_refit: float = field(default_factory=time.time)  # the first refit waits an interval
 
     @property
     def ready(self) -> bool:
