@@ -94,10 +94,23 @@ class Model:
     fitted_at: float = 0.0
     comparison: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # the ensemble as one network: one matrix product for all members per lookup
+        if self.pair:
+            object.__setattr__(self, "_w1", np.hstack([p.w1 for p in self.pair]))
+            object.__setattr__(self, "_b1", np.concatenate([p.b1 for p in self.pair]))
+            object.__setattr__(self, "_w2", np.stack([p.w2 for p in self.pair]))
+            object.__setattr__(self, "_b2", np.array([p.b2 for p in self.pair]))
+
     def score(self, x: np.ndarray) -> np.ndarray:
-        if self.scorer == "pair":
-            return np.mean([p.score(x) for p in self.pair], axis=0)
-        return SimilarityScorer().score(x)
+        """Scores of rows ``x``: the mean of the ensemble's probabilities, or the
+        similarity scorer's."""
+        if self.scorer != "pair":
+            return SimilarityScorer().score(x)
+        k = len(self.pair)
+        hidden = np.maximum(np.asarray(x, dtype=np.float32) @ self._w1 + self._b1, 0.0)
+        z = np.einsum("nkh,kh->nk", hidden.reshape(len(x), k, -1), self._w2) + self._b2
+        return (1.0 / (1.0 + np.exp(-np.clip(z.astype(np.float64), -40, 40)))).mean(axis=1)
 
     def describe(self) -> dict[str, Any]:
         return {"scorer": self.scorer, "outcomes": self.outcomes, "fitted_at": self.fitted_at,

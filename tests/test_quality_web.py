@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import openai
 import pytest
 
@@ -87,6 +88,41 @@ def test_refused_candidates_are_judged_against_the_upstream_answer(
     by_guard = {bool(policy._buf.guarded[i]): bool(policy._buf.correct[i]) for i in rows}
     assert by_guard == {False: True, True: False}  # ... but it was right; DESC was wrong
     assert ops.policy()["vetoed_entries"] == 1
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(ops.metrics()) for s in f.samples}
+    assert samples[("semcache_policy_outcomes_total", (("source", "miss"), ("verdict", "right")))] == 1
+    assert samples[("semcache_policy_outcomes_total", (("source", "miss"), ("verdict", "wrong")))] == 1
+    assert ops.stats().raw["policy"]["recorded"]["miss"] == 2
+
+
+def test_once_calibrated_hits_carry_the_confidence_and_the_bound_decides(
+        start_sidecar: SidecarFactory, fake: Fake) -> None:
+    from semcache.features import Observation
+    from semcache.policy import Outcome
+
+    fake.config.answer_for = same_answer_for(Q, PARA)  # the refusal below is judged right
+    sc = start_sidecar(admin_token=TOKEN, max_wrong_rate_ceiling=1.0)
+    ops = Client(sc.url, TOKEN)
+    c = openai_client(sc.url, "sk-c", max_retries=0)
+    ask(c, Q)
+    sc.wait_stores()
+    cache = sc.runtime.cache
+    assert cache is not None
+    vec = cache.embed(Q)
+    # outcomes saying: this traffic is right from similarity 0.95 up, wrong below
+    for i, sim in enumerate(np.linspace(0.70, 1.0, 1000)):
+        ob = Observation(vec.astype(np.float16), vec.astype(np.float16), float(sim),
+                         (1.0, 0.0, 0.0, 0.0), False)
+        cache.policy.record(Outcome(ob, bool(sim >= 0.95), 1.0, "miss", 10_000 + i))
+    state = ops.update_policy(refit=True)
+    assert state["active"] and 0.94 <= state["cut"] <= 0.97
+    h, _ = ask(c, PARA, extra_headers={"Cache-Control": "no-store"})  # 0.87: under the cut
+    assert h["x-semcache-status"] == "miss" and float(h["x-semcache-confidence"]) < 0.95
+    h, _ = ask(c, PARA, extra_headers={"Cache-Control": "no-store",
+                                       "X-Semcache-Max-Wrong-Rate": "0.9"})
+    assert h["x-semcache-status"] == "hit" and float(h["x-semcache-confidence"]) >= 0.1
 
 
 def test_shadow_mode_answers_upstream_and_reports_would_be_hits(
