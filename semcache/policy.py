@@ -93,6 +93,10 @@ class Model:
     outcomes: int = 0
     fitted_at: float = 0.0
     comparison: dict[str, float] = field(default_factory=dict)
+    _w1: np.ndarray = field(init=False, repr=False, compare=False, default=None)  # type: ignore[assignment]
+    _b1: np.ndarray = field(init=False, repr=False, compare=False, default=None)  # type: ignore[assignment]
+    _w2: np.ndarray = field(init=False, repr=False, compare=False, default=None)  # type: ignore[assignment]
+    _b2: np.ndarray = field(init=False, repr=False, compare=False, default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         # the ensemble as one network: one matrix product for all members per lookup
