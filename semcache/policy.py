@@ -93,10 +93,10 @@ class Model:
     outcomes: int = 0
     fitted_at: float = 0.0
     comparison: dict[str, float] = field(default_factory=dict)
-    _w1: np.ndarray = field(init=False, repr=False, compare=False, default=None)  # type: ignore[assignment]
-    _b1: np.ndarray = field(init=False, repr=False, compare=False, default=None)  # type: ignore[assignment]
-    _w2: np.ndarray = field(init=False, repr=False, compare=False, default=None)  # type: ignore[assignment]
-    _b2: np.ndarray = field(init=False, repr=False, compare=False, default=None)  # type: ignore[assignment]
+    _w1: np.ndarray | None = field(init=False, repr=False, compare=False, default=None)
+    _b1: np.ndarray | None = field(init=False, repr=False, compare=False, default=None)
+    _w2: np.ndarray | None = field(init=False, repr=False, compare=False, default=None)
+    _b2: np.ndarray | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         # the ensemble as one network: one matrix product for all members per lookup
@@ -112,6 +112,7 @@ class Model:
         if self.scorer != "pair":
             return SimilarityScorer().score(x)
         k = len(self.pair)
+        assert self._w1 is not None and self._w2 is not None  # set with the members
         hidden = np.maximum(np.asarray(x, dtype=np.float32) @ self._w1 + self._b1, 0.0)
         z = np.einsum("nkh,kh->nk", hidden.reshape(len(x), k, -1), self._w2) + self._b2
         return (1.0 / (1.0 + np.exp(-np.clip(z.astype(np.float64), -40, 40)))).mean(axis=1)
