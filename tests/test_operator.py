@@ -98,16 +98,43 @@ def test_metrics_parse_and_their_counters_move_with_requests(
     assert sample(after, "semcache_upstream_calls_total", **ns) == 1
     assert sample(after, "semcache_entries") == 1 and sample(after, "semcache_payload_bytes") > 0
     assert sample(after, "semcache_store_file_bytes") > 0
+    # n=2 is not cached (a bypass); a store past max_entries evicts
+    ask(c, "Two answers please", n=2)
+    assert moved_now(ops, before, "semcache_requests_total", endpoint=CHAT, status="bypass",
+                     match="none") == 1
     kinds = {f.name: f.type for f in text_string_to_metric_families(ops.metrics())}
     assert kinds["semcache_requests"] == "counter" and kinds["semcache_lookup_seconds"] == "histogram"
     assert kinds["semcache_entries"] == "gauge" and kinds["semcache_evictions"] == "counter"
+
+
+def moved_now(ops: Client, before: Samples, name: str, **labels: str) -> float:
+    return sample(scrape(ops), name, **labels) - sample(before, name, **labels)
+
+
+def test_evictions_and_store_refusals_show_in_metrics(start_sidecar: SidecarFactory,
+                                                       fake: Fake) -> None:
+    sc = start_sidecar(admin_token=TOKEN, max_entries=2)
+    ops = Client(sc.url, TOKEN)
+    before = scrape(ops)
+    c = openai_client(sc.url, "sk-ev", max_retries=0)
+    for text in ("first question about cats", "second question about dogs",
+                 "third question about fish"):
+        ask(c, text)
+        sc.wait_stores()
+    assert moved_now(ops, before, "semcache_evictions_total") >= 1
+    assert sample(scrape(ops), "semcache_entries") <= 2
+    with pytest.raises(openai.InternalServerError):
+        ask(c, "an upstream failure", extra_headers={"X-Fake-Fault": "500"})
+    assert moved_now(ops, before, "semcache_store_refusals_total") == 1  # a 500 is not stored
 
 
 # ---------------------------------------------------------------------- exposure
 ROUTES = [("GET", "/semcache/stats"), ("GET", "/semcache/entries"), ("GET", "/semcache/entries/1"),
           ("DELETE", "/semcache/entries/1"), ("POST", "/semcache/invalidate"),
           ("POST", "/semcache/feedback"), ("GET", "/semcache/feedback"),
-          ("GET", "/semcache/export"), ("POST", "/semcache/import"), ("GET", "/metrics")]
+          ("GET", "/semcache/export"), ("POST", "/semcache/import"), ("GET", "/metrics"),
+          ("GET", "/semcache/policy"), ("POST", "/semcache/policy"), ("GET", "/semcache/shadow"),
+          ("POST", "/semcache/shadow")]
 
 
 async def test_operator_calls_without_the_token_get_401_and_with_it_succeed(
@@ -275,8 +302,10 @@ def test_export_then_import_into_an_empty_sidecar_reproduces_the_hits(
 
     dst = start_sidecar(admin_token=TOKEN, data_dir=tmp_path / "dst")
     calls = fake.stats.total()
-    result = Client(dst.url, TOKEN).import_file(dump, batch_size=2)
-    assert (result.imported, result.entries, result.expired) == (4, 4, 0) and result.salt_adopted
+    assert main(["import", "--url", dst.url, "--admin-token", TOKEN, str(dump),
+                 "--batch-size", "2"]) == 0  # the CLI, in batches of two
+    assert ("imported 4 of 4 entries (0 expired, 0 of API-key namespaces skipped, "
+            "namespace salt adopted)") in capsys.readouterr().out
     named2 = openai_client(dst.url, "sk-x", namespace="team-x", max_retries=0)
     keyed2 = openai_client(dst.url, "sk-keyed", max_retries=0)
     for (cid, text), expected in answers.items():
