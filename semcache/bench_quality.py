@@ -21,8 +21,9 @@ answering by label; :mod:`semcache.bench_replay`):
 Reported: precision at recall 0.3 ... 0.7 for the three rules; the adaptive policy's
 measured wrong-hit rate at each bound; the default settings' precision and recall.  The
 fake upstream's answers are deterministic, so the judge compares texts exactly
-(``answer_equivalence = 1``).  meancache has no dev split: it shows what a cold
-sidecar's defaults do on context-dependent two-turn traffic (its wrong hits must be 0).
+(``answer_equivalence = 1``).  meancache's conversations are split by their first
+question as pairs are (:func:`~semcache.bench_workloads.builtin_workload`); its dev
+conversations warm up in one namespace (a "pair" there is a conversation).
 """
 
 from __future__ import annotations
@@ -197,19 +198,24 @@ async def _run_one(name: str, cfg: QualityConfig, settings: Settings, embedder: 
 
     started = time.perf_counter()
     test = builtin_workload(name, cfg.data, split="test", limit=cfg.limit)
-    dev_pairs = [] if name == "meancache" else builtin_pairs(name, cfg.data, split="dev",
-                                                             limit=cfg.dev_limit)[0]
+    if name == "meancache":  # conversations, not pairs: the dev split warms up in one piece
+        dev = builtin_workload(name, cfg.data, split="dev", limit=cfg.dev_limit)
+        chunks, dev_count = [dev], len(dev.loads) // 2
+    else:
+        pairs = builtin_pairs(name, cfg.data, split="dev", limit=cfg.dev_limit)[0]
+        chunks = [pairs_workload(name, pairs[k:k + cfg.chunk])
+                  for k in range(0, len(pairs), cfg.chunk)]
+        dev_count = len(pairs)
     notes: list[str] = []
     async with _sidecar(settings, embedder) as servers:
         run = f"quality-{name}-{int(time.time())}"
         client = BenchClient(servers.url, run, cfg.concurrency)
         try:
-            total = 2 * len(dev_pairs) + len(test.requests)
+            total = sum(len(c.requests) for c in chunks) + len(test.requests)
             with tqdm(total=total, desc=name, unit="req", disable=not cfg.progress,
                       leave=False, dynamic_ncols=True) as bar:
-                for k in range(0, len(dev_pairs), cfg.chunk):
-                    chunk = pairs_workload(name, dev_pairs[k:k + cfg.chunk])
-                    lane = f"warm{k // cfg.chunk}"
+                for k, chunk in enumerate(chunks):
+                    lane = f"warm{k}"
                     await _send_all(client, chunk, lane, {"Cache-Control": "no-cache"}, "load", bar)
                     await servers.stores_done()
                     await _send_all(client, chunk, lane, {"Cache-Control": "no-store"}, "query", bar)
@@ -217,7 +223,7 @@ async def _run_one(name: str, cfg: QualityConfig, settings: Settings, embedder: 
                 state = await _operator(servers, "POST", "/semcache/policy",
                                         {"refit": True, "learning": False})
                 await _operator(servers, "POST", "/semcache/shadow", {"namespaces": []})
-                print(f"{name}: warm-up on {len(dev_pairs):,} dev pairs in shadow mode: "
+                print(f"{name}: warm-up on {dev_count:,} dev pairs in shadow mode: "
                       f"{state['outcomes']:,} outcomes, scorer {state['model']['scorer']}, "
                       f"active {state['active']}", file=out, flush=True)
                 await _send_all(client, test, "test", {"Cache-Control": "no-cache"}, "load", bar)
@@ -244,7 +250,7 @@ async def _run_one(name: str, cfg: QualityConfig, settings: Settings, embedder: 
                           and o.similarity >= settings.threshold and not o.guard),
         "policy": _served(outcomes, _default_rule(settings)),
         "threshold": settings.threshold, "max_wrong_rate": settings.max_wrong_rate}
-    return QualityReport(name, len(dev_pairs), int(state["outcomes"]), str(state["model"]["scorer"]),
+    return QualityReport(name, dev_count, int(state["outcomes"]), str(state["model"]["scorer"]),
                          len(outcomes), sum(o.positive for o in outcomes), curves, bounds, defaults,
                          time.perf_counter() - started, notes)
 

@@ -123,7 +123,7 @@ def _describe(p: _Plan) -> str:
         return f"{wl.name} (log, {len(wl.queries):,} requests)"
     unit = "conversations" if wl.name == "meancache" else "pairs"
     count = len(wl.loads) // 2 if wl.name == "meancache" else len(wl.queries)
-    split = "" if wl.name == "meancache" else " test"
+    split = " test"
     return f"{wl.name}{split}, {count:,} {unit}"
 
 

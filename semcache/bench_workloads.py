@@ -420,8 +420,9 @@ def builtin_workload(name: str, data_dir: Path, *, split: Split = "test",
                      limit: int | None = None) -> Workload:
     """A workload from ``../shared/data`` by name (``qqp``, ``langcache``, ``gptcache``,
     ``meancache``).  QQP reads ``qqp_{split}``; langcache and gptcache are cut by
-    :func:`is_test_pair`; meancache (no split) is used whole.  ``limit`` keeps the first
-    pairs (or conversations) — a deterministic subset."""
+    :func:`is_test_pair`, meancache by its conversations' first questions the same way
+    (``split="all"``: every one).  ``limit`` keeps the first pairs (or conversations) — a
+    deterministic subset."""
     if name not in BUILTIN:
         raise WorkloadError(name, f"unknown workload; built-in ones are {sorted(BUILTIN)} "
                                   "(a user log is given with --log FILE)")
@@ -430,6 +431,9 @@ def builtin_workload(name: str, data_dir: Path, *, split: Split = "test",
         if not path.exists():
             raise WorkloadError(str(path), "no such file")
         items = json.loads(path.read_text(encoding="utf-8"))
+        if split != "all":  # by the conversation's first question, as pairs are cut
+            items = [it for it in items if isinstance(it, dict)
+                     and is_test_pair(str(it.get("u0", ""))) == (split == "test")]
         return meancache_workload(items[:limit] if limit else items, source=str(path))
     pairs, path = builtin_pairs(name, data_dir, split=split, limit=limit)
     return pairs_workload(name, pairs, source=str(path))

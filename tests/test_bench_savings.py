@@ -17,6 +17,8 @@ from semcache.bench_workloads import (
     Pair,
     Workload,
     WorkloadError,
+    builtin_workload,
+    is_test_pair,
     pairs_workload,
     read_log,
     read_pairs,
@@ -86,6 +88,37 @@ async def test_pure_hard_negatives_at_a_strict_threshold_give_no_wrong_hits(
     # ... and the guard refuses most of them even at that threshold
     guarded = await _replay(wl, embedder, 0.5)
     assert at_threshold(guarded, 0.5, TIERS).wrong_hits < at_threshold(loose, 0.5, TIERS).wrong_hits
+
+
+async def test_meancache_follow_ups_are_never_served_across_conversations(
+        embedder: SentenceTransformerEmbedder) -> None:
+    """The two-turn workload: duplicates in the same conversation may hit; the same
+    follow-up after another conversation, or without one, must not — at any threshold."""
+    wl = builtin_workload("meancache", DATA, limit=25)
+    assert len(wl.loads) == 50 and len(wl.queries) == 100
+    assert sum(r.positive for r in wl.queries) == 50
+    rep = await _replay(wl, embedder, 0.5)
+    outcomes = rep.lanes[PASS_LANE]
+    # queries come in fours: u0 duplicate, follow-up duplicate (same conversation),
+    # follow-up after another conversation, follow-up alone
+    for k in (2, 3):
+        assert not [o for o in outcomes[k::4] if o.hit and not o.correct and o.match == "exact"]
+    across = [o for o in outcomes[2::4] if o.hit]
+    assert all(o.correct for o in across)  # no follow-up is answered from another context
+    # at the default threshold no context-dependent query is served wrongly (a first
+    # question's paraphrase may match another conversation's equivalent first question,
+    # which the per-item labels count as wrong: not a context leak)
+    follow_ups = [o for k in (1, 2, 3) for o in outcomes[k::4]]
+    assert not [o for o in follow_ups if o.hit and not o.correct and (o.similarity or 0) >= 0.85]
+    assert at_threshold(rep, 0.85, TIERS).correct_hits >= 5  # and it does hit
+
+
+def test_gptcache_pairs_split_like_the_others() -> None:
+    dev = builtin_workload("gptcache", DATA, split="dev")
+    test = builtin_workload("gptcache", DATA, split="test")
+    dev_anchors = {r.text for r in dev.loads}
+    assert dev.queries and test.queries and not dev_anchors & {r.text for r in test.loads}
+    assert all(is_test_pair(r.text) for r in test.loads)
 
 
 def test_token_and_money_arithmetic_matches_hand_computed_values() -> None:
