@@ -12,6 +12,7 @@ import numpy as np
 __all__ = ["best_in_chain", "best_of_candidates"]
 
 _NONE = (-1, float("-inf"))
+_ROW_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 
 
 def best_of_candidates(
@@ -50,10 +51,20 @@ def best_in_chain(
 ) -> tuple[int, float]:
     """Exact scan of the rows linked from ``head`` by ``nxt`` (int32; ``-1`` ends the chain).
 
-    ``vecs`` is float32 ``(cap, d)``.  Returns ``(row, score)`` of the highest inner product
-    among candidate rows when it is ``>= threshold``, else ``(-1, best score or -inf)``; ties
-    go to the row met first along the chain.  Raises ValueError for a chain with a cycle.
+    ``vecs`` is a C-contiguous float16 (the arena) or float32 ``(cap, d)`` array; each
+    row's score is its inner product with ``query`` (float32) computed in float32 from the
+    row's exact float32 value.  Returns ``(row, score)`` of the highest score among
+    candidate rows when it is ``>= threshold``, else ``(-1, best score or -inf)``; ties go
+    to the row met first along the chain.  Raises ValueError for rows of another dtype or
+    shape and for a chain with a cycle.
     """
+    if (not isinstance(vecs, np.ndarray) or vecs.ndim != 2 or vecs.dtype not in _ROW_DTYPES
+            or not vecs.flags.c_contiguous):
+        raise ValueError(f"vecs: must be a C-contiguous 2-d float16 or float32 array (got "
+                         f"{getattr(vecs, 'dtype', type(vecs).__name__)}, "
+                         f"{getattr(vecs, 'ndim', 0)}-d)")
+    if len(query) != vecs.shape[1]:
+        raise ValueError(f"query has dimension {len(query)}, arena has {vecs.shape[1]}")
     cap = min(len(vecs), len(nxt), len(expires), len(live))
     rows: list[int] = []
     row = head
@@ -68,7 +79,7 @@ def best_in_chain(
     ok = (live[idx] != 0) & (expires[idx] > now)
     if not ok.any():
         return _NONE
-    scores = vecs[idx] @ query
+    scores = vecs[idx].astype(np.float32, copy=False) @ query
     masked = np.where(ok, scores, np.float32(-np.inf))
     i = int(np.argmax(masked))
     score = float(masked[i])

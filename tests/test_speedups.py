@@ -56,18 +56,26 @@ def test_native_and_twin_agree_on_candidates(seed: int, k: int, threshold: float
     assert a == b
 
 
+def _half_kernels(native) -> list[str]:  # type: ignore[no-untyped-def]
+    """The native module's float16 kernels this CPU can run (F16C and the portable one)."""
+    current = native.half_kernel()
+    return sorted({current, "portable"})
+
+
 @settings(max_examples=150, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.integers(0, 30), st.integers(1, 20),
-       st.floats(-1.0, 1.0), st.floats(0.0, 2.0))
+@given(st.integers(0, 2**32 - 1), st.integers(0, 30), st.integers(1, 40),
+       st.floats(-1.0, 1.0), st.floats(0.0, 2.0), st.sampled_from([np.float16, np.float32]))
 def test_native_and_twin_agree_on_chain_scans(
-    seed: int, members: int, d: int, threshold: float, now: float
+    seed: int, members: int, d: int, threshold: float, now: float, dtype: type
 ) -> None:
+    """Both scan float16 (the arena) and float32 rows; d up to 40 runs the F16C kernel's
+    wide loop, its 8-wide loop and its scalar tail."""
     native = _native()
     if native is None:
         pytest.skip("semcache._cselect is not built; nothing native to compare")
     rng = np.random.default_rng(seed)
     cap = members + int(rng.integers(0, 6))
-    vecs = rng.standard_normal((cap, d)).astype(np.float32)
+    vecs = rng.standard_normal((cap, d)).astype(dtype)
     chain = rng.permutation(cap)[:members].astype(np.int32)
     nxt = np.full(cap, -1, dtype=np.int32)
     if members:
@@ -76,18 +84,70 @@ def test_native_and_twin_agree_on_chain_scans(
     q = rng.standard_normal(d).astype(np.float32)
     expires = rng.choice([0.5, 1.5, np.inf], size=cap)
     live = rng.integers(0, 2, size=cap).astype(np.uint8)
-    a = native.best_in_chain(vecs, head, nxt, q, expires, live, now, threshold)
+    exact = vecs.astype(np.float64) @ q.astype(np.float64)  # the rows' exact values
     b = _pyselect.best_in_chain(vecs, head, nxt, q, expires, live, now, threshold)
-    assert (a[0] >= 0) == (b[0] >= 0) or abs(a[1] - threshold) < 1e-4
-    assert a[1] == b[1] or abs(a[1] - b[1]) < 1e-4
-    if a[0] >= 0 and b[0] >= 0 and a[0] != b[0]:  # only a float tie may pick another row
-        assert abs(float(vecs[a[0]] @ q) - float(vecs[b[0]] @ q)) < 1e-4
+    kernels = _half_kernels(native) if dtype is np.float16 else [native.half_kernel()]
+    saved = native.half_kernel()
+    try:
+        for kernel in kernels:
+            native.half_kernel(kernel)
+            a = native.best_in_chain(vecs, head, nxt, q, expires, live, now, threshold)
+            assert (a[0] >= 0) == (b[0] >= 0) or abs(a[1] - threshold) < 1e-4
+            assert a[1] == b[1] or abs(a[1] - b[1]) < 1e-4
+            if a[0] >= 0 and b[0] >= 0 and a[0] != b[0]:  # only a float tie may pick another row
+                assert abs(exact[a[0]] - exact[b[0]]) < 1e-4
+            if a[0] >= 0:  # float32 arithmetic from the row's exact widened value
+                assert abs(a[1] - exact[a[0]]) < 1e-4
+    finally:
+        native.half_kernel(saved)
     if members:
         nxt[chain[-1]] = chain[0]  # a cycle is refused, not looped over
         with pytest.raises(ValueError, match="cycle"):
             native.best_in_chain(vecs, head, nxt, q, expires, live, now, threshold)
         with pytest.raises(ValueError, match="cycle"):
             _pyselect.best_in_chain(vecs, head, nxt, q, expires, live, now, threshold)
+
+
+def test_native_widens_every_float16_exactly() -> None:
+    """The portable kernel's bit-level conversion gives numpy's float32 for all 65,536
+    half values (zeros, subnormals, normals, infinities, NaN payloads), and a scan's score
+    of a one-hot query is the row's component, on every kernel."""
+    native = _native()
+    if native is None:
+        pytest.skip("semcache._cselect is not built; nothing native to compare")
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    out = np.empty(len(bits), dtype=np.float32)
+    native.half_to_float(bits, out)
+    assert np.array_equal(out.view(np.uint32), bits.view(np.float16).astype(np.float32).view(np.uint32))
+    finite = bits[np.isfinite(bits.view(np.float16))]
+    rows = finite.view(np.float16).reshape(-1, 1)
+    nxt = np.full(len(rows), -1, dtype=np.int32)
+    expires, live = np.full(len(rows), np.inf), np.ones(len(rows), np.uint8)
+    saved = native.half_kernel()
+    try:
+        for kernel in _half_kernels(native):
+            native.half_kernel(kernel)
+            # +0, subnormals, the smallest normal, 1.0, the largest, -0, -subnormal, -largest
+            for i in (0, 1, 1023, 1024, 15360, 31743, 31744, 31745, len(rows) - 1):
+                row, score = native.best_in_chain(rows, i, nxt, np.ones(1, np.float32),
+                                                  expires, live, 0.0, -np.inf)
+                assert row == i and score == float(rows[i, 0])
+    finally:
+        native.half_kernel(saved)
+    with pytest.raises(ValueError, match="portable"):
+        native.half_kernel("avx9000")
+
+
+@pytest.mark.parametrize("bad", [np.zeros((4, 8)), np.zeros((4, 16), np.float32)[:, ::2],
+                                 np.zeros(8, np.float32), [[0.0] * 8] * 4,
+                                 np.zeros((4, 8), ">f2")])
+def test_chain_scans_refuse_rows_of_another_dtype_or_layout(bad: object) -> None:
+    args = (0, np.full(4, -1, np.int32), np.zeros(8, np.float32), np.full(4, np.inf),
+            np.ones(4, np.uint8), 0.0, 0.0)
+    impls = [_pyselect] + ([native] if (native := _native()) is not None else [])
+    for impl in impls:
+        with pytest.raises(ValueError, match="float16 or float32"):
+            impl.best_in_chain(bad, *args)
 
 
 op = st.one_of(
