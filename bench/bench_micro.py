@@ -4,7 +4,9 @@ Run: ``.venv/bin/python -m pytest bench/bench_micro.py -q -p no:randomly
 --benchmark-columns=median,ops --benchmark-group-by=group``
 
 Each group holds the same operation on the native module and on its pure-Python twin
-(``impl=native`` / ``impl=twin``); the ratio of their medians is the speed-up.  The
+(``impl=native`` / ``impl=twin``); the ratio of their medians is the speed-up.  Chain scans
+run over a float16 arena, as the index keeps it, and also on the native module's portable
+float16 kernel (``impl=native-portable``, the one used on CPUs without F16C).  The
 ``scope-3-of-1M``-style group compares the design alternatives for a tiny scope inside a
 big index (chain scan vs one global IVF searched with an ID selector).
 """
@@ -32,20 +34,31 @@ def _unit(n: int, seed: int = 0) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("impl", ["native", "twin"])
+@pytest.fixture()
+def portable_kernel(request: pytest.FixtureRequest) -> Any:
+    """Switch the native float16 kernel to the portable one for ``native-portable``."""
+    saved = native_select.half_kernel()
+    if request.node.callspec.params.get("impl") == "native-portable":
+        native_select.half_kernel("portable")
+    yield
+    native_select.half_kernel(saved)
+
+
+@pytest.mark.parametrize("impl", ["native", "native-portable", "twin"])
 @pytest.mark.parametrize("rows", [3, 256, 4096])
-def test_chain_scan(benchmark: Any, impl: str, rows: int) -> None:
-    benchmark.group = f"select: exact scan of a {rows}-row scope chained in an arena of 65536"
+def test_chain_scan(benchmark: Any, impl: str, rows: int, portable_kernel: Any) -> None:
+    benchmark.group = (f"select: exact scan of a {rows}-row scope chained in a float16 arena "
+                       f"of 65536")
     cap = 65536
-    vecs = _unit(cap)
+    vecs = _unit(cap).astype(np.float16)
     rng = np.random.default_rng(1)
     members = rng.choice(cap, size=rows, replace=False).astype(np.int32)
     nxt = np.full(cap, -1, dtype=np.int32)
     nxt[members[:-1]] = members[1:]
     expires = np.full(cap, np.inf)
     live = np.ones(cap, dtype=np.uint8)
-    q = vecs[members[-1]].copy()
-    fn = SELECT[impl].best_in_chain
+    q = vecs[members[-1]].astype(np.float32)
+    fn = SELECT[impl.split("-")[0]].best_in_chain
     row, _ = benchmark(fn, vecs, int(members[0]), nxt, q, expires, live, 0.0, 0.9)
     assert row == members[-1]
 
@@ -141,7 +154,7 @@ def test_tiny_scope_in_a_big_index(benchmark: Any, how: str, big_global: tuple[A
     q = x[150_000] + 0.5 / np.sqrt(D) * rng.standard_normal(D).astype(np.float32)
     q = (q / np.linalg.norm(q)).astype(np.float32)
     if how == "own-chain-scan":
-        vecs = x[members].copy()
+        vecs = x[members].astype(np.float16)
         nxt = np.array([1, 2, -1], dtype=np.int32)
         res = benchmark(native_select.best_in_chain, vecs, 0, nxt, q, np.full(3, np.inf),
                         np.ones(3, np.uint8), 0.0, 0.8)
