@@ -4,28 +4,35 @@ Entries are partitioned by scope digest before any search, so a lookup can never
 an entry of another tenant, model, parameter set or conversation, and a small scope is
 never crowded out of an approximate search by a large one.
 
+Vectors are stored as float16 in both representations and scored in float32 arithmetic
+against the float32 query.  For unit vectors this moves a score by at most about 2^-11
+(~5e-4): each component is rounded to 11 significant bits, so
+``|q . (v' - v)| <= 2^-11 |q| |v|`` (plus < 1e-6 from components below 2^-14 and float32
+summation).  An exact repeat therefore scores >= 0.999, and a score may slightly exceed 1.
+Nothing compares a score with the stored float32 vector's exactly.
+
 Two representations, chosen per scope by its size (``flat_limit``, default 4096):
 
-* **Small scope: exact scan.**  Its rows live in one shared arena (float32 vectors, ids,
-  expiry, live flag) and are chained by ``next``/``prev`` row links; the scope table keeps
-  only the head row.  A lookup walks the chain in native code (``best_in_chain``):
-  ``rows x dim`` multiply-adds, no FAISS call, no per-scope arrays, O(1) insert and
-  removal (a freed row is reused).  Why not one global index with an ID selector or
-  over-fetch (``bench/bench_micro.py``, README): for a 3-entry scope among 1M rows the
-  global IVF search costs the same ~1.5 ms as a full search and misses the scope's
-  entries whenever they sit outside the probed lists, while the chain scan takes ~1 us
-  and is exact.  The default bound of 4096 keeps the worst exact scan at ~0.7 ms
-  (measured, rows scattered in the arena): inside the lookup budget, exact, and it spares
-  the many mid-size scopes an IVF with its training and retraining.
+* **Small scope: exact scan.**  Its rows live in one shared arena (float16 vectors, 768 B
+  a row at 384-d; ids, expiry, live flag, scope number) and are chained by ``next``/``prev``
+  row links; the scope table keeps only the head row.  A lookup walks the chain in native
+  code (``best_in_chain``): ``rows x dim`` multiply-adds, no FAISS call, no per-scope
+  arrays, O(1) insert and removal (a freed row is reused).  Why not one global index with
+  an ID selector or over-fetch: for a 3-entry scope in a 200k-entry IVF the selector
+  search costs about as much as a full search and misses the scope's entries whenever
+  they sit outside the probed lists, while the chain scan takes about a microsecond and
+  is exact (``bench/bench_micro.py``, group ``design:``; numbers in the README's Scale
+  section).  The default bound of 4096 keeps the worst exact scan, rows scattered in the
+  arena, well inside the lookup budget (group ``select:``), and spares the many mid-size
+  scopes an IVF with its training and retraining.
 * **Large scope: IVF over fp16 vectors.**  A FAISS ``IndexIVFScalarQuantizer`` (fp16,
   not by residual, inner product) whose labels are rows of the scope's own id / expiry /
   live arrays.  ``nlist`` follows size (about ``4 * sqrt(n)``, a power of two, at most
   4096) and the index is retrained in a background thread each time the scope grows 4x
-  past the size it was trained for.  IVF rather than HNSW because measured on 1M random
-  384-d unit vectors (2 cores): HNSW M=32 builds at ~2k vectors/s and cannot delete,
-  IVF4096 adds at ~16k/s in bulk, deletes (``remove_ids``), and at nprobe 64 finds the
-  stored vector of a cos 0.90 query 98.7% of the time (100% at cos 0.95) in ~1.6 ms.
-  fp16 halves the vectors' memory and moves scores by < 1e-3.
+  past the size it was trained for.  IVF rather than HNSW because FAISS's HNSW cannot
+  remove entries and builds far slower; the IVF's recall and latency at 1M entries are
+  in the README's Scale table (``bench/bench_index.py``, and ``--hnsw`` there for the
+  comparison).
   Removal marks the row dead at once (searches skip it) and removes dead rows from the
   IVF in batches (at least 64, or 1/64 of the scope), so each removal costs O(1)
   amortised; a large scope that shrinks below ``flat_limit / 2`` moves back to the arena.
@@ -35,8 +42,9 @@ This is derived state: it is rebuilt from the LMDB store, or loaded from a snaps
 
 Thread safety: all methods may be called from any thread.  Mutations (add, remove,
 background retrain swaps) hold the mutation lock and the search lock; searches hold only
-the search lock (microseconds for small scopes, ~1-2 ms for a 1M-row IVF); a snapshot
-holds only the mutation lock, so lookups go on while it is written.
+the search lock (microseconds for small scopes, about the IVF lookup time of the README
+table for a large one); a snapshot holds only the mutation lock, so lookups go on while
+it is written.
 """
 
 from __future__ import annotations
@@ -53,7 +61,10 @@ import numpy as np
 from ._speedups import select
 from .errors import SemcacheError
 
-__all__ = ["ScopedIndex", "VectorError", "IndexHit", "NPROBE", "nlist_for"]
+__all__ = ["ScopedIndex", "VectorError", "IndexHit", "NPROBE", "ARENA_DTYPE", "nlist_for"]
+
+ARENA_DTYPE = np.dtype(np.float16)  # small scopes' vectors (snapshots record it)
+_HALF_MAX = float(np.finfo(np.float16).max)
 
 _FOREVER = float("inf")
 _TOPK = 16
@@ -93,11 +104,12 @@ def _grown(a: np.ndarray, cap: int, fill: Any = 0) -> np.ndarray:
 
 
 class _Arena:
-    """Rows of all small scopes: vectors and facts by row, chains by scope, a free stack."""
+    """Rows of all small scopes: vectors (float16) and facts by row, chains by scope, a
+    free stack."""
 
     def __init__(self, dim: int, cap: int = 1024) -> None:
         self.dim = dim
-        self.vecs = np.zeros((cap, dim), dtype=np.float32)
+        self.vecs = np.zeros((cap, dim), dtype=ARENA_DTYPE)
         self.ids = np.full(cap, -1, dtype=np.int64)
         self.expires = np.zeros(cap, dtype=np.float64)
         self.live = np.zeros(cap, dtype=np.uint8)
@@ -276,6 +288,15 @@ class ScopedIndex:
             raise VectorError(f"{name}: contains NaN or infinity")
         return np.ascontiguousarray(vec)
 
+    @staticmethod
+    def _check_storable(vecs: np.ndarray, name: str) -> None:
+        """Stored vectors become float16: NaN, infinity or a component beyond float16's
+        range (which would turn into infinity; unit vectors are far inside it) is refused.
+        No temporary copy (this runs over a million rows at a rebuild)."""
+        if vecs.size and not (-_HALF_MAX <= float(vecs.min()) and float(vecs.max()) <= _HALF_MAX):
+            raise VectorError(f"{name}: contains NaN, infinity or a component beyond the "
+                              f"float16 range (|x| > {_HALF_MAX:g}); the index holds unit vectors")
+
     # ----------------------------------------------------------------- scopes
     def _scope_no(self, scope: bytes) -> int:
         sno = self._sno.get(scope)
@@ -308,6 +329,7 @@ class ScopedIndex:
     def add(self, scope: bytes, entry_id: int, vec: np.ndarray, expires: float | None) -> None:
         """Insert ``entry_id`` into ``scope``; an id already present is replaced."""
         vec = self._check(vec, "vector")
+        self._check_storable(vec, "vector")
         exp = _FOREVER if expires is None else float(expires)
         with self._mut, self._lock:
             self._add_locked(scope, entry_id, vec, exp)
@@ -340,7 +362,8 @@ class ScopedIndex:
     def _big_add(self, sno: int, big: _Big, entry_id: int, vec: np.ndarray, exp: float) -> None:
         row = big.alloc()
         big.ids[row], big.expires[row], big.live[row] = entry_id, exp, 1
-        big.ivf.add_with_ids(vec.reshape(1, -1), np.array([row], dtype=np.int64))
+        big.ivf.add_with_ids(np.ascontiguousarray(vec, dtype=np.float32).reshape(1, -1),
+                             np.array([row], dtype=np.int64))
         if big.log is not None:
             big.log.append((row, vec.astype(np.float16)))
         big.count += 1
@@ -431,6 +454,9 @@ class ScopedIndex:
         from the store."""
         if len(ids) != len(scopes) or vecs.shape != (len(ids), self.dim):
             raise VectorError(f"add_many: {len(scopes)} scopes, {len(ids)} ids, vectors {vecs.shape}")
+        if vecs.dtype not in (np.float16, np.float32):
+            raise VectorError(f"add_many: vectors must be float32 or float16 (got {vecs.dtype})")
+        self._check_storable(vecs, "add_many")
         groups: dict[bytes, list[int]] = {}
         for i, scope in enumerate(scopes):
             groups.setdefault(scope, []).append(i)
@@ -471,6 +497,7 @@ class ScopedIndex:
         bigs = sorted(self._big)
         meta: dict[str, Any] = {
             "dim": self.dim, "flat_limit": self.flat_limit, "arena_top": top,
+            "arena_dtype": ARENA_DTYPE.name,
             "nfree": a.nfree, "scopes": len(keys), "sfree": list(self._sfree),
             "big": [{"sno": sno, "top": self._big[sno].top, "count": self._big[sno].count,
                      "trained_for": self._big[sno].trained_for} for sno in bigs],
@@ -508,12 +535,17 @@ class ScopedIndex:
         *, background: bool = True,
     ) -> ScopedIndex:
         """Rebuild an index from :meth:`export_state` output.  Raises KeyError/ValueError
-        when pieces are missing or inconsistent (the snapshot is then not used)."""
+        when pieces are missing or inconsistent, or the arena's vectors are not
+        :data:`ARENA_DTYPE` (an older layout: the snapshot is then not used)."""
         idx = cls(int(meta["dim"]), flat_limit=int(meta["flat_limit"]), background=background)
         top = int(meta["arena_top"])
+        vecs = arrays["arena.vecs"]
+        if meta.get("arena_dtype") != ARENA_DTYPE.name or vecs.dtype != ARENA_DTYPE:
+            raise ValueError(f"arena vectors are {meta.get('arena_dtype', vecs.dtype)}, "
+                             f"not {ARENA_DTYPE.name}")
         a = idx._arena
         cap = max(1024, 1 << max(0, int(top - 1).bit_length()))
-        a.vecs = _grown(arrays["arena.vecs"].reshape(top, idx.dim), cap)
+        a.vecs = _grown(vecs.reshape(top, idx.dim), cap)
         a.ids = _grown(arrays["arena.ids"], cap, -1)
         a.expires = _grown(arrays["arena.expires"], cap)
         a.live = _grown(arrays["arena.live"], cap)

@@ -12,7 +12,10 @@ stamped with the store it was taken from:
 * ``count`` and a CRC-32 of every section — a torn or corrupted file is refused.
 
 Layout: ``MAGIC``, raw sections (numpy arrays and FAISS indexes), a JSON footer describing
-them, the footer's length (8 bytes little-endian) and ``MAGIC`` again.
+them, the footer's length (8 bytes little-endian) and ``MAGIC`` again.  The footer's
+``format`` names the index layout: 2 since the small-scope arena holds float16 vectors
+(:data:`~semcache.index.ARENA_DTYPE`, also recorded in the index metadata); a file of
+another format (1: float32 arena) is refused, so the index is rebuilt from the store.
 
 :func:`load` never raises for a bad file: it returns ``(None, reason)`` and the caller
 rebuilds from the store.  :func:`write` raises :class:`~semcache.errors.StoreError` when
@@ -41,7 +44,7 @@ __all__ = ["Stamp", "write", "load", "FILENAME"]
 
 FILENAME = "index.snapshot"
 MAGIC = b"SEMCACHE-IDX-v1\n"
-_FORMAT = 1
+_FORMAT = 2  # 1: float32 arena; 2: float16 arena
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,3 +160,57 @@ def test_growing_scope_retrains_in_the_background_without_losing_entries() -> No
     assert len(live) == len(idx) == 1200 - 1200 // 7
     found = sum(idx.search(b"S", vecs[i], 0.999, 0.0).entry_id == i for i in live)
     assert found >= 0.99 * len(live)
+
+
+@pytest.mark.parametrize("flat_limit", [1000, 4])
+def test_vectors_are_stored_as_float16_and_a_repeat_still_scores_above_0999(flat_limit: int) -> None:
+    """Both representations hold float16 vectors: an exact repeat scores within 2^-11 of
+    1 (so >= 0.999), any query within 2^-11 of its float32 inner product."""
+    rng = np.random.default_rng(6)
+    d = 384
+    idx = ScopedIndex(d, flat_limit=flat_limit, background=False)
+    vecs = {i: unit(rng, d) for i in range(1, 41)}
+    for i, v in vecs.items():
+        idx.add(b"S", i, v, None)
+    assert idx.kind(b"S") == ("flat" if flat_limit > 40 else "ivf")
+    if flat_limit > 40:
+        assert idx._arena.vecs.dtype == np.float16 and idx._arena.vecs.itemsize * d == 768
+    for i, v in vecs.items():
+        hit = idx.search(b"S", v, 0.999, 0.0)
+        assert hit.entry_id == i and abs(hit.score - 1.0) <= 2**-11 + 1e-6
+        near = (v + 0.3 * unit(rng, d)).astype(np.float32)
+        near /= np.linalg.norm(near)
+        got = idx.search(b"S", near, -1.0, 0.0)
+        best = max(float(near @ w) for w in vecs.values())
+        assert abs(got.score - best) <= 2**-11 + 1e-6
+
+
+def test_vectors_beyond_float16_range_are_refused() -> None:
+    idx = ScopedIndex(8)
+    big = np.zeros(8, np.float32)
+    big[0] = 1e5
+    with pytest.raises(VectorError, match="float16 range"):
+        idx.add(b"S", 1, big, None)
+    with pytest.raises(VectorError, match="float16 range"):
+        idx.add_many([b"S"], np.array([1]), big.reshape(1, -1), np.full(1, np.inf))
+    nan = np.full((1, 8), np.nan, np.float32)
+    with pytest.raises(VectorError, match="NaN"):
+        idx.add_many([b"S"], np.array([1]), nan, np.full(1, np.inf))
+    assert len(idx) == 0
+    idx.search(b"S", big, 0.5, 0.0)  # a query stays float32: any finite value is fine
+
+
+def test_state_with_a_float32_arena_is_refused() -> None:
+    rng = np.random.default_rng(7)
+    idx = ScopedIndex(8)
+    idx.add(b"S", 1, unit(rng), None)
+    meta, arrays, ivfs = idx.export_state()
+    assert meta["arena_dtype"] == "float16" and arrays["arena.vecs"].dtype == np.float16
+    ScopedIndex.from_state(meta, arrays, ivfs)
+    old = {**arrays, "arena.vecs": arrays["arena.vecs"].astype(np.float32)}
+    with pytest.raises(ValueError, match="not float16"):
+        ScopedIndex.from_state({**meta, "arena_dtype": "float32"}, old, ivfs)
+    with pytest.raises(ValueError, match="not float16"):
+        ScopedIndex.from_state(meta, old, ivfs)  # the metadata says float16, the rows do not
+    with pytest.raises(ValueError, match="not float16"):
+        ScopedIndex.from_state({k: v for k, v in meta.items() if k != "arena_dtype"}, arrays, ivfs)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
-from semcache import CacheRequest, SemanticCache, Settings
+from semcache import CacheRequest, SemanticCache, Settings, snapshot
+from semcache.index import ScopedIndex
 from semcache.snapshot import Stamp, load
 from tests.conftest import ROOT, HashEmbedder, answer, chat
 
@@ -144,3 +148,34 @@ def test_sweep_writes_a_snapshot_once_the_interval_has_passed(tmp_path: Path) ->
         assert (data / "index.snapshot").exists() and len(cache.index) == 0
     finally:
         cache.close()
+
+
+def test_a_snapshot_with_a_float32_arena_is_rebuilt_not_misread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A format-1 file (written before the arena held float16: float32 rows, no dtype in
+    its metadata) is refused by its format; a file that claims format 2 but carries float32
+    rows is refused by the index.  Either way the index comes from the store."""
+    data = tmp_path / "s"
+    real = ScopedIndex.export_state
+
+    def old_layout(self: ScopedIndex) -> Any:
+        meta, arrays, ivfs = real(self)
+        meta = {k: v for k, v in meta.items() if k != "arena_dtype"}
+        return meta, {**arrays, "arena.vecs": arrays["arena.vecs"].astype(np.float32)}, ivfs
+
+    monkeypatch.setattr(ScopedIndex, "export_state", old_layout)
+    for fmt, why in ((1, "snapshot format 1 is not 2"), (2, "not float16")):
+        monkeypatch.setattr(snapshot, "_FORMAT", fmt)
+        with SemanticCache(settings(data), HashEmbedder()) as cache:  # small scopes only
+            ids = {i: cache.store(CacheRequest.from_body(CHAT, chat(f"q {i}", system=f"conversation {i}")),
+                                  answer(f"a {i}")) for i in range(20)}
+            stamp = cache._stamp()
+        monkeypatch.setattr(snapshot, "_FORMAT", 2)
+        index, _, reason = load(data / "index.snapshot", stamp)
+        assert index is None and why in reason
+        with SemanticCache(settings(data), HashEmbedder()) as cache:
+            assert cache.index_source == "store"
+            for i, entry in ids.items():
+                hit = cache.lookup_semantic(CacheRequest.from_body(CHAT, chat(f"q {i}", system=f"conversation {i}")))
+                assert hit is not None and hit.entry_id == entry and hit.similarity >= 0.999
+        shutil.rmtree(data)
