@@ -110,7 +110,7 @@ def precision_at_recall(outcomes: Sequence[Outcome], score: Score,
     points: list[tuple[float, float]] = []  # (recall, precision) at every distinct cut
     hits = right = 0
     for i, (s, ok) in enumerate(served):
-        if not math.isfinite(s):
+        if s == -math.inf:
             break
         hits += 1
         right += ok
@@ -119,15 +119,20 @@ def precision_at_recall(outcomes: Sequence[Outcome], score: Score,
     return {r: max((p for rec, p in points if rec >= r - 1e-12), default=None) for r in recalls}
 
 
+# exact repeats are served by every rule (same scope, same text): they score above all
 def _static(o: Outcome) -> float:
+    if o.match == "exact":
+        return math.inf
     return o.similarity if o.similarity is not None else -math.inf
 
 
 def _guarded(o: Outcome) -> float:
-    return -math.inf if o.guard else _static(o)
+    return -math.inf if o.guard and o.match != "exact" else _static(o)
 
 
 def _adaptive(o: Outcome) -> float:
+    if o.match == "exact":
+        return math.inf
     return o.confidence if o.confidence is not None else -math.inf
 
 
@@ -143,13 +148,16 @@ def _served(outcomes: Sequence[Outcome], rule: Callable[[Outcome], bool]) -> dic
 
 
 def _confident(level: float) -> Callable[[Outcome], bool]:
-    return lambda o: o.confidence is not None and o.confidence >= level
+    """Semantic hits confident enough for ``level`` (the bound's rows: semantic only)."""
+    return lambda o: o.match == "semantic" and o.confidence is not None and o.confidence >= level
 
 
 def _default_rule(settings: Settings) -> Callable[[Outcome], bool]:
     """What the sidecar at ``settings`` serves: confident enough for the bound once the
     policy has evidence, else the static threshold and the guard."""
     def rule(o: Outcome) -> bool:
+        if o.match == "exact":
+            return True
         if o.confidence is not None:
             return o.confidence >= 1.0 - settings.max_wrong_rate
         return o.similarity is not None and o.similarity >= settings.threshold and not o.guard
@@ -246,8 +254,8 @@ async def _run_one(name: str, cfg: QualityConfig, settings: Settings, embedder: 
               Curve("adaptive", precision_at_recall(outcomes, _adaptive))]
     bounds = [{"max_wrong_rate": d, **_served(outcomes, _confident(1.0 - d))} for d in DELTAS]
     defaults = {
-        "static": _served(outcomes, lambda o: o.similarity is not None
-                          and o.similarity >= settings.threshold and not o.guard),
+        "static": _served(outcomes, lambda o: o.match == "exact" or (
+            o.similarity is not None and o.similarity >= settings.threshold and not o.guard)),
         "policy": _served(outcomes, _default_rule(settings)),
         "threshold": settings.threshold, "max_wrong_rate": settings.max_wrong_rate}
     return QualityReport(name, dev_count, int(state["outcomes"]), str(state["model"]["scorer"]),

@@ -132,7 +132,7 @@ class PairScorer:
             epochs: int | None = None, lr: float = 1e-3, decay: float = 1e-3, batch: int = 256,
             seed: int = 0, init: PairScorer | None = None) -> PairScorer:
         """Fit on rows ``x`` with 0/1 labels ``y`` and sample weights ``w`` (normalised to
-        mean 1).  ``epochs`` defaults to about 200k samples' worth of steps (5 to 30
+        mean 1).  ``epochs`` defaults to about 600k samples' worth of steps (5 to 30
         passes); ``init`` warm-starts from an earlier fit of the same width.  CPU-bound:
         run it off the event loop."""
         x = np.asarray(x, dtype=np.float32)
@@ -148,7 +148,7 @@ class PairScorer:
                       np.zeros(hidden, np.float32),
                       rng.normal(0, 1 / np.sqrt(hidden), hidden).astype(np.float32),
                       np.zeros(1, np.float32)]
-        passes = epochs if epochs is not None else int(np.clip(200_000 // max(n, 1), 5, 30))
+        passes = epochs if epochs is not None else int(np.clip(600_000 // max(n, 1), 5, 30))
         m = [np.zeros_like(p) for p in params]
         v = [np.zeros_like(p) for p in params]
         step = 0

@@ -25,8 +25,8 @@ until the outcomes give a usable estimate (``MIN_EVIDENCE``) the static rule app
 (``threshold`` and the near-miss guard); then the calibrated scorer decides.  The
 scorer is the similarity itself (a threshold learned from the traffic) until there are
 ``min_pair_outcomes`` outcomes; then a :class:`~semcache.learner.PairScorer` ensemble is
-cross-fitted and adopted only when it serves more right answers under the bound on
-out-of-fold outcomes.
+cross-fitted and adopted only when it serves more right answers on out-of-fold outcomes,
+summed over the bounds of :data:`COMPARED_BOUNDS` and the configured one.
 
 Thread safety: :meth:`decide` and :meth:`record` may be called from any thread (the
 model is an immutable object swapped in whole); :meth:`refit` is CPU-bound (seconds)
@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("miss", "explore", "shadow", "feedback")
 MIN_EVIDENCE = 200.0  # weighted outcomes before the calibration replaces the static rule
+COMPARED_BOUNDS = (0.01, 0.02, 0.05, 0.10, 0.20)  # where scorers are compared (and the configured)
 _FOLDS = 5
 _OUTCOME = b"o"
 _MODEL = b"model"
@@ -288,10 +289,17 @@ class Policy:
                 pairs.append(p)
                 oof[folds == k] = p.score(x[folds == k])
             pair_cal = Calibration.fit(oof[calibrate], y[calibrate], w[calibrate])
-            delta = self.max_wrong_rate
-            v_sim = sim_cal.value(sim_scores[calibrate], y[calibrate], w[calibrate], delta)
-            v_pair = pair_cal.value(oof[calibrate], y[calibrate], w[calibrate], delta)
-            comparison = {"similarity": v_sim, "pair": v_pair, "max_wrong_rate": delta}
+            # compared over a range of bounds (requests may ask for their own): where no
+            # cut meets the configured bound both serve nothing, which decides nothing
+            comparison: dict[str, float] = {}
+            for delta in sorted({self.max_wrong_rate, *COMPARED_BOUNDS}):
+                comparison[f"similarity@{delta:g}"] = sim_cal.value(
+                    sim_scores[calibrate], y[calibrate], w[calibrate], delta)
+                comparison[f"pair@{delta:g}"] = pair_cal.value(
+                    oof[calibrate], y[calibrate], w[calibrate], delta)
+            v_sim = sum(v for k, v in comparison.items() if k.startswith("similarity@"))
+            v_pair = sum(v for k, v in comparison.items() if k.startswith("pair@"))
+            comparison.update(similarity=v_sim, pair=v_pair)
             if v_pair > v_sim:
                 model = Model("pair", pair_cal, tuple(pairs), n, time.time(), comparison)
             else:
