@@ -17,6 +17,12 @@ them, the footer's length (8 bytes little-endian) and ``MAGIC`` again.  The foot
 (:data:`~semcache.index.ARENA_DTYPE`, also recorded in the index metadata); a file of
 another format (1: float32 arena) is refused, so the index is rebuilt from the store.
 
+The temp file is ``.index.snapshot.<pid>.<n>.tmp`` beside the snapshot (``n`` counts this
+process's writes).  A writer killed mid-write leaves it behind; :func:`load` (the cache
+calls it at open when snapshots are on) and :func:`write` remove such leftovers
+(:func:`remove_stale_temps`): only files of that exact name pattern, and only when the
+writing process is gone (or is this process, which is not writing it).
+
 :func:`load` never raises for a bad file: it returns ``(None, reason)`` and the caller
 rebuilds from the store.  :func:`write` raises :class:`~semcache.errors.StoreError` when
 the file cannot be written; the caller decides whether that matters (the cache logs it).
@@ -26,9 +32,13 @@ Thread affinity: :func:`write` holds the index's mutation lock while it copies t
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import struct
+import threading
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +50,67 @@ import numpy as np
 from .errors import StoreError
 from .index import ScopedIndex
 
-__all__ = ["Stamp", "write", "load", "FILENAME"]
+__all__ = ["Stamp", "write", "load", "remove_stale_temps", "FILENAME"]
 
 FILENAME = "index.snapshot"
 MAGIC = b"SEMCACHE-IDX-v1\n"
 _FORMAT = 2  # 1: float32 arena; 2: float16 arena
+_STALE_AGE = 86400.0  # s: a temp file of a live pid this old is a leftover (pid reused)
+_writing: set[Path] = set()  # temp files this process is writing now
+_writing_lock = threading.Lock()  # guards _writing; held while a temp file is judged stale
+_writes = itertools.count()
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{next(_writes)}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    except OverflowError:
+        return False  # not a pid
+    return True
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Delete the temp files that writers of the snapshot ``path`` killed mid-write left
+    beside it; returns them.  Only names ``.{path.name}.<pid>[.<n>].tmp`` are considered
+    (earlier versions wrote the form without ``.<n>``).  One is stale when that process
+    is gone, when it is this process and no write of ours uses it (a restart that got the
+    same pid, as in a container), or when it is older than a day (the pid was reused).
+    Never raises (a file that cannot be removed stays)."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)(?:\.\d+)?\.tmp")
+    removed: list[Path] = []
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        m = pattern.fullmatch(name)
+        if m is None:
+            continue
+        tmp = path.with_name(name)
+        pid = int(m.group(1))
+        with _writing_lock:  # so a write of ours cannot start on it meanwhile
+            if tmp in _writing:
+                continue
+            try:
+                if (pid != os.getpid() and _pid_alive(pid)
+                        and now - tmp.stat().st_mtime < _STALE_AGE):
+                    continue
+                tmp.unlink()
+            except OSError:
+                continue
+        removed.append(tmp)
+    return removed
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +161,13 @@ def _write_faiss(f: BinaryIO, name: str, ivf: Any) -> dict[str, Any]:
 
 def write(index: ScopedIndex, path: Path, stamp: Stamp) -> int:
     """Write ``index`` to ``path`` atomically, stamped with ``stamp``; returns its size
-    in bytes.  The caller keeps the store's writers out (so ``stamp.last_id`` is exact)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    in bytes.  The caller keeps the store's writers out (so ``stamp.last_id`` is exact).
+    Stale temp files of killed writers are removed first; this write's temp file is
+    removed whatever goes wrong."""
+    remove_stale_temps(path)
+    tmp = _temp_path(path)
+    with _writing_lock:
+        _writing.add(tmp)
     try:
         with open(tmp, "wb") as f:
             f.write(MAGIC)
@@ -128,8 +199,11 @@ def write(index: ScopedIndex, path: Path, stamp: Stamp) -> int:
             os.close(dir_fd)
         return path.stat().st_size
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise StoreError(f"cannot write index snapshot {path}: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)  # gone already after the rename
+        with _writing_lock:
+            _writing.discard(tmp)
 
 
 def _read_section(f: BinaryIO, sec: dict[str, Any]) -> np.ndarray:
@@ -175,7 +249,9 @@ def load(
 ) -> tuple[ScopedIndex | None, Stamp | None, str]:
     """``(index, stamp, "")`` from the snapshot at ``path`` when it is intact and belongs to
     the store described by ``expected``; else ``(None, None, reason)``.  Never raises for a
-    missing, foreign, stale or corrupt file."""
+    missing, foreign, stale or corrupt file.  Removes the temp files of writers killed
+    mid-write first (:func:`remove_stale_temps`)."""
+    remove_stale_temps(path)
     if not path.exists():
         return None, None, "no snapshot"
     try:

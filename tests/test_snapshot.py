@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -179,3 +180,54 @@ def test_a_snapshot_with_a_float32_arena_is_rebuilt_not_misread(
                 hit = cache.lookup_semantic(CacheRequest.from_body(CHAT, chat(f"q {i}", system=f"conversation {i}")))
                 assert hit is not None and hit.entry_id == entry and hit.similarity >= 0.999
         shutil.rmtree(data)
+
+
+_KILLED_WRITER = """
+import os, signal, sys
+from semcache import SemanticCache, Settings, snapshot
+from tests.conftest import HashEmbedder
+
+real = snapshot._write_array
+def dying(f, name, arr):
+    out = real(f, name, arr)
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)  # mid-write: sections out, no footer, no rename
+    return out
+snapshot._write_array = dying
+cache = SemanticCache(Settings(data_dir=sys.argv[1], sync=False, flat_limit=8), HashEmbedder())
+cache.write_snapshot()
+"""
+
+
+def test_temp_files_of_writers_killed_mid_write_are_removed_at_open(tmp_path: Path) -> None:
+    data = tmp_path / "s"
+    with SemanticCache(settings(data), HashEmbedder()) as cache:
+        ids = fill(cache, 0, 30)
+    good = (data / "index.snapshot").read_bytes()
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(data)], cwd=ROOT,
+                            stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, err[-2000:]
+    left = sorted(p.name for p in data.glob(".index.snapshot.*.tmp"))
+    assert left == [f".index.snapshot.{proc.pid}.0.tmp"]
+    assert (data / left[0]).stat().st_size > 0 and (data / "index.snapshot").read_bytes() == good
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        keep = [f".index.snapshot.{sleeper.pid}.0.tmp",  # a live writer's: not ours to take
+                ".index.snapshot.tmp", ".index.snapshot.x.tmp", "index.snapshot.1.tmp",
+                ".other.snapshot.1.tmp"]  # not the pattern
+        stale = [f".index.snapshot.{os.getpid()}.7.tmp",  # this process's pid, not writing it
+                 f".index.snapshot.{proc.pid}.tmp"]  # the older name form, a dead pid
+        for name in keep + stale:
+            (data / name).write_bytes(b"partial")
+        with SemanticCache(settings(data), HashEmbedder()) as cache:
+            assert cache.index_source == "snapshot+0" and all_found(cache, ids)
+            names = {p.name for p in data.iterdir()}
+            assert not names & {*left, *stale} and set(keep) <= names
+        assert {p.name for p in data.iterdir()} >= set(keep)  # writing at close removed none
+        old = data / keep[0]
+        os.utime(old, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+        assert snapshot.remove_stale_temps(data / "index.snapshot") == [old]  # pid reused
+    finally:
+        sleeper.kill()
+        sleeper.wait()
