@@ -92,6 +92,7 @@ class Outcome:
     answer: str = ""
     confidence: float | None = None  # X-Semcache-Confidence (the adaptive policy's)
     guard: str | None = None  # X-Semcache-Guard: the near-miss guard's objection
+    score: float | None = None  # X-Semcache-Score: the policy's scorer (its ranking)
 
     @property
     def hit(self) -> bool:
@@ -238,7 +239,8 @@ class BenchClient:
                        answer=hashlib.sha256(served.encode("utf-8")).hexdigest()[:16],
                        confidence=(float(h["x-semcache-confidence"])
                                    if h.get("x-semcache-confidence") else None),
-                       guard=h.get("x-semcache-guard"))
+                       guard=h.get("x-semcache-guard"),
+                       score=float(h["x-semcache-score"]) if h.get("x-semcache-score") else None)
 
     async def close(self) -> None:
         await self.sdk.close()

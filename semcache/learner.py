@@ -1,11 +1,13 @@
 """Scoring candidates and bounding their error: the numerics of the adaptive policy.
 
-Two scorers turn :mod:`semcache.features` rows into a number that grows with the chance
+Three scorers turn :mod:`semcache.features` rows into a number that grows with the chance
 that serving the candidate is right:
 
 * :class:`SimilarityScorer` — the cosine itself, and nothing for a candidate the near-miss
   guard objects to.  No parameters, so it is usable from the first outcome on; calibrated,
   it is a similarity threshold learned from the traffic.
+* :class:`LinearScorer` — logistic regression over the similarity, the lexical overlap and
+  the guard: usable from a few hundred outcomes.
 * :class:`PairScorer` — a small neural network (one hidden layer) over the whole row:
   where in the embedding space the two texts sit and differ, their lexical overlap, the
   guard's objection.  It needs thousands of outcomes and is only adopted when it serves
@@ -29,7 +31,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Calibration", "SimilarityScorer", "PairScorer", "Z_95"]
+from .features import LEXICAL
+
+LEXICAL_WIDTH = len(LEXICAL)
+
+__all__ = ["Calibration", "SimilarityScorer", "LinearScorer", "PairScorer", "Z_95"]
 
 Z_95 = 1.6449  # one-sided 95% normal quantile
 
@@ -106,6 +112,56 @@ class SimilarityScorer:
     def score(self, x: np.ndarray) -> np.ndarray:
         sim, guarded = x[:, 0].astype(np.float64), x[:, -1] > 0.5
         return np.where(guarded, -np.inf, sim)
+
+
+class LinearScorer:
+    """Logistic regression over the columns that need no embedding geometry: the
+    similarity, the lexical features and the guard's objection (standardised, L2).  Few
+    parameters, so it generalises from hundreds of outcomes where the pair network needs
+    thousands.  Build with :meth:`fit`."""
+
+    name = "linear"
+
+    def __init__(self, mean: np.ndarray, scale: np.ndarray, w: np.ndarray, b: float) -> None:
+        self.mean, self.scale, self.w, self.b = mean, scale, w, float(b)
+
+    @staticmethod
+    def columns(x: np.ndarray) -> np.ndarray:
+        """Similarity (first column), lexical features and guard (last five columns)."""
+        x = np.asarray(x, dtype=np.float64)
+        return np.concatenate([x[:, :1], x[:, -(LEXICAL_WIDTH + 1):]], axis=1)
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        z = ((self.columns(x) - self.mean) / self.scale) @ self.w + self.b
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+
+    @classmethod
+    def fit(cls, x: np.ndarray, y: np.ndarray, w: np.ndarray, *, l2: float = 1e-2,
+            steps: int = 2000, lr: float = 0.5) -> LinearScorer:
+        """Full-batch gradient descent on weighted logistic loss (deterministic)."""
+        c = cls.columns(x)
+        mean, scale = c.mean(axis=0), c.std(axis=0) + 1e-9
+        z = (c - mean) / scale
+        y = np.asarray(y, dtype=np.float64)
+        sw = np.asarray(w, dtype=np.float64)
+        sw = sw / max(float(sw.mean()), 1e-12)
+        coef, b = np.zeros(z.shape[1]), 0.0
+        for _ in range(steps):
+            p = 1.0 / (1.0 + np.exp(-np.clip(z @ coef + b, -40, 40)))
+            g = sw * (p - y) / len(y)
+            coef -= lr * (z.T @ g + l2 * coef)
+            b -= lr * float(g.sum())
+        return cls(mean, scale, coef, b)
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, mean=self.mean, scale=self.scale, w=self.w, b=np.array([self.b]))
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> LinearScorer:
+        with np.load(io.BytesIO(data)) as z:
+            return cls(z["mean"], z["scale"], z["w"], float(z["b"][0]))
 
 
 class PairScorer:

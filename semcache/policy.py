@@ -23,10 +23,12 @@ served at its threshold; a candidate below the request's explicit threshold is r
 an entry already found wrong at this similarity or more is refused (per-entry veto);
 until the outcomes give a usable estimate (``MIN_EVIDENCE``) the static rule applies
 (``threshold`` and the near-miss guard); then the calibrated scorer decides.  The
-scorer is the similarity itself (a threshold learned from the traffic) until there are
-``min_pair_outcomes`` outcomes; then a :class:`~semcache.learner.PairScorer` ensemble is
-cross-fitted and adopted only when it serves more right answers on out-of-fold outcomes,
-summed over the bounds of :data:`COMPARED_BOUNDS` and the configured one.
+scorer is the similarity itself (a threshold learned from the traffic); from
+``min_linear_outcomes`` outcomes a :class:`~semcache.learner.LinearScorer` (similarity,
+lexical overlap, guard) and from ``min_pair_outcomes`` a
+:class:`~semcache.learner.PairScorer` network are cross-fitted (five folds), and the one
+that serves the most right answers on out-of-fold outcomes, summed over the bounds of
+:data:`COMPARED_BOUNDS` and the configured one, is adopted (the simpler on a tie).
 
 Thread safety: :meth:`decide` and :meth:`record` may be called from any thread (the
 model is an immutable object swapped in whole); :meth:`refit` is CPU-bound (seconds)
@@ -38,14 +40,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
 import numpy as np
 
 from .features import LEXICAL, Observation, matrix
-from .learner import Calibration, PairScorer, SimilarityScorer
+from .learner import Calibration, LinearScorer, PairScorer, SimilarityScorer
 
 __all__ = ["Policy", "Verdict", "Outcome", "Model", "SOURCES", "MIN_EVIDENCE"]
 
@@ -69,6 +71,7 @@ class Verdict:
     reason: str
     confidence: float | None = None
     borderline: bool = False
+    score: float | None = None  # the scorer's raw output the confidence was read from
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +91,13 @@ class Outcome:
 class Model:
     """A fitted decision rule: a scorer, its calibration, and how it was chosen."""
 
-    scorer: str  # "static", "similarity" or "pair"
+    scorer: str  # "static", "similarity", "linear" or "pair"
     calibration: Calibration | None
     pair: tuple[PairScorer, ...] = ()
     outcomes: int = 0
     fitted_at: float = 0.0
     comparison: dict[str, float] = field(default_factory=dict)
+    linear: tuple[LinearScorer, ...] = ()
     _w1: np.ndarray | None = field(init=False, repr=False, compare=False, default=None)
     _b1: np.ndarray | None = field(init=False, repr=False, compare=False, default=None)
     _w2: np.ndarray | None = field(init=False, repr=False, compare=False, default=None)
@@ -110,6 +114,8 @@ class Model:
     def score(self, x: np.ndarray) -> np.ndarray:
         """Scores of rows ``x``: the mean of the ensemble's probabilities, or the
         similarity scorer's."""
+        if self.scorer == "linear":
+            return np.mean([m.score(x) for m in self.linear], axis=0)
         if self.scorer != "pair":
             return SimilarityScorer().score(x)
         k = len(self.pair)
@@ -173,7 +179,8 @@ class Policy:
     def __init__(
         self, *, mode: str = "adaptive", threshold: float = 0.85, max_wrong_rate: float = 0.05,
         guard: bool = True, capacity: int = 50_000, dim: int = 384, store: Any = None,
-        min_pair_outcomes: int = 2000, verifier_band: float = 0.10, seed: int = 0,
+        min_pair_outcomes: int = 2000, min_linear_outcomes: int = 200,
+        verifier_band: float = 0.10, seed: int = 0,
     ) -> None:
         if mode not in ("adaptive", "static"):
             raise ValueError(f"policy mode {mode!r}: must be 'adaptive' or 'static'")
@@ -182,6 +189,7 @@ class Policy:
         self.max_wrong_rate = max_wrong_rate
         self.guard = guard
         self.min_pair_outcomes = min_pair_outcomes
+        self.min_linear_outcomes = min_linear_outcomes
         self.verifier_band = verifier_band
         self.seed = seed
         self.store = store
@@ -206,15 +214,16 @@ class Policy:
         ``max_wrong_rate`` the request's bound (None: the configured one)."""
         delta = self.max_wrong_rate if max_wrong_rate is None else max_wrong_rate
         model = self.model
-        confidence = self._confidence(model, obs)
+        score, confidence = self._confidence(model, obs)
         if delta >= 1.0:
             limit = self.threshold if threshold is None else threshold
-            return Verdict(obs.similarity >= limit, "accepts any wrong rate", confidence)
+            return Verdict(obs.similarity >= limit, "accepts any wrong rate", confidence,
+                           score=score)
         if threshold is not None and obs.similarity < threshold:
-            return Verdict(False, "below the request's threshold", confidence)
+            return Verdict(False, "below the request's threshold", confidence, score=score)
         wrong_at = self._veto.get(entry_id)
         if wrong_at is not None and obs.similarity <= wrong_at + 1e-6:
-            return Verdict(False, "entry was wrong at this similarity", confidence)
+            return Verdict(False, "entry was wrong at this similarity", confidence, score=score)
         if confidence is None:
             limit = self.threshold if threshold is None else threshold
             if obs.similarity < limit:
@@ -225,16 +234,19 @@ class Policy:
             return Verdict(True, "static threshold", None)
         serve = confidence >= 1.0 - delta
         return Verdict(serve, f"{model.scorer} confidence", confidence,
-                       borderline=not serve and confidence >= 1.0 - delta - self.verifier_band)
+                       borderline=not serve and confidence >= 1.0 - delta - self.verifier_band,
+                       score=score)
 
     @staticmethod
-    def _confidence(model: Model, obs: Observation) -> float | None:
+    def _confidence(model: Model, obs: Observation) -> tuple[float | None, float | None]:
+        """(score, confidence) of ``obs``; (None, None) while the static rule applies."""
         cal = model.calibration
         if cal is None or cal.weight < MIN_EVIDENCE:
-            return None
+            return None, None
         x = matrix(obs.query[None], obs.entry[None], np.array([obs.similarity]),
                    np.array([obs.lexical]), np.array([obs.guarded]))
-        return cal.confidence(float(model.score(x)[0]))
+        score = float(model.score(x)[0])
+        return score, cal.confidence(score)
 
     # ------------------------------------------------------------------ learning
     def record(self, outcome: Outcome) -> None:
@@ -276,11 +288,33 @@ class Policy:
             previous = self.model
         n = len(rows)
         calibrate = src != SOURCES.index("feedback")
-        sim_scores = SimilarityScorer().score(x)
-        sim_cal = Calibration.fit(sim_scores[calibrate], y[calibrate], w[calibrate])
+        bounds = sorted({self.max_wrong_rate, *COMPARED_BOUNDS})
+        comparison: dict[str, float] = {}
+
+        def judged(name: str, scores: np.ndarray) -> tuple[Calibration, float]:
+            # served right answers summed over a range of bounds (requests may ask for
+            # their own; where no cut meets one bound every scorer serves nothing there)
+            cal = Calibration.fit(scores[calibrate], y[calibrate], w[calibrate])
+            for d in bounds:
+                comparison[f"{name}@{d:g}"] = cal.value(scores[calibrate], y[calibrate],
+                                                        w[calibrate], d)
+            comparison[name] = sum(comparison[f"{name}@{d:g}"] for d in bounds)
+            return cal, comparison[name]
+
+        sim_cal, best = judged("similarity", SimilarityScorer().score(x))
         model = Model("similarity", sim_cal, outcomes=n, fitted_at=time.time())
-        if n >= self.min_pair_outcomes and 0 < y.mean() < 1:
-            folds = np.arange(n) % _FOLDS
+        mixed = 0 < y.mean() < 1
+        folds = np.arange(n) % _FOLDS
+        if n >= self.min_linear_outcomes and mixed:
+            members, oof = [], np.zeros(n)
+            for k in range(_FOLDS):
+                m = LinearScorer.fit(x[folds != k], y[folds != k], w[folds != k])
+                members.append(m)
+                oof[folds == k] = m.score(x[folds == k])
+            cal, value = judged("linear", oof)
+            if value > best:
+                best, model = value, Model("linear", cal, (), n, time.time(), linear=tuple(members))
+        if n >= self.min_pair_outcomes and mixed:
             pairs, oof = [], np.zeros(n)
             for k in range(_FOLDS):
                 train = folds != k
@@ -288,22 +322,10 @@ class Policy:
                 p = PairScorer.fit(x[train], y[train], w[train], seed=self.seed + k, init=init)
                 pairs.append(p)
                 oof[folds == k] = p.score(x[folds == k])
-            pair_cal = Calibration.fit(oof[calibrate], y[calibrate], w[calibrate])
-            # compared over a range of bounds (requests may ask for their own): where no
-            # cut meets the configured bound both serve nothing, which decides nothing
-            comparison: dict[str, float] = {}
-            for delta in sorted({self.max_wrong_rate, *COMPARED_BOUNDS}):
-                comparison[f"similarity@{delta:g}"] = sim_cal.value(
-                    sim_scores[calibrate], y[calibrate], w[calibrate], delta)
-                comparison[f"pair@{delta:g}"] = pair_cal.value(
-                    oof[calibrate], y[calibrate], w[calibrate], delta)
-            v_sim = sum(v for k, v in comparison.items() if k.startswith("similarity@"))
-            v_pair = sum(v for k, v in comparison.items() if k.startswith("pair@"))
-            comparison.update(similarity=v_sim, pair=v_pair)
-            if v_pair > v_sim:
-                model = Model("pair", pair_cal, tuple(pairs), n, time.time(), comparison)
-            else:
-                model = Model("similarity", sim_cal, (), n, time.time(), comparison)
+            cal, value = judged("pair", oof)
+            if value > best:
+                best, model = value, Model("pair", cal, tuple(pairs), n, time.time())
+        model = replace(model, comparison=comparison)
         self.model = model
         self._fitted_count = n
         if self.store is not None:
@@ -391,11 +413,13 @@ def _unpack_cal(v: Any) -> Calibration | None:
 
 def _pack_model(m: Model) -> bytes:
     return msgpack.packb({"scorer": m.scorer, "cal": _pack_cal(m.calibration),
-                          "pair": [p.to_bytes() for p in m.pair], "outcomes": m.outcomes,
+                          "pair": [p.to_bytes() for p in m.pair],
+                          "linear": [p.to_bytes() for p in m.linear], "outcomes": m.outcomes,
                           "fitted_at": m.fitted_at, "comparison": m.comparison}, use_bin_type=True)
 
 
 def _unpack_model(raw: bytes) -> Model:
     d = msgpack.unpackb(raw, raw=False)
     return Model(d["scorer"], _unpack_cal(d["cal"]), tuple(PairScorer.from_bytes(p) for p in d["pair"]),
-                 int(d["outcomes"]), float(d["fitted_at"]), dict(d["comparison"]))
+                 int(d["outcomes"]), float(d["fitted_at"]), dict(d["comparison"]),
+                 tuple(LinearScorer.from_bytes(p) for p in d.get("linear", ())))

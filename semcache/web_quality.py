@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,8 @@ def quality_headers(cand: Candidate) -> dict[str, str]:
     out: dict[str, str] = {}
     if cand.verdict.confidence is not None:
         out["X-Semcache-Confidence"] = f"{cand.verdict.confidence:.4f}"
+    if cand.verdict.score is not None and math.isfinite(cand.verdict.score):
+        out["X-Semcache-Score"] = f"{cand.verdict.score:.6f}"  # what the confidence is read from
     if cand.guard is not None:
         out["X-Semcache-Guard"] = cand.guard.split(":")[0]
     return out

@@ -53,10 +53,13 @@ def test_quality_bench_end_to_end_on_langcache(embedder: SentenceTransformerEmbe
     assert rep.queries == 80 and 0 < rep.positives <= 80
     doc = json.loads((tmp_path / "out" / "quality.json").read_text())
     (wl,) = doc["workloads"]
-    assert [c["rule"] for c in wl["curves"]] == ["static (no guard)", "static + guard", "adaptive"]
+    assert [c["rule"] for c in wl["curves"]] == [
+        "static (no guard)", "static + guard", "adaptive (by max_wrong_rate)",
+        "adaptive scorer (by score)"]
     hits = [b["hits"] for b in wl["bounds"]]
     assert hits == sorted(hits) and hits[-1] > 0  # a looser bound never serves less
     # the default rule is the static one until the policy is active, then the bound's
     assert wl["defaults"]["policy"]["hits"] == wl["bounds"][2]["hits"]
     text = readme.read_text()
-    assert "PREVIOUS-RUN" not in text and "| langcache | adaptive |" in text and text.endswith("y\n")
+    assert "PREVIOUS-RUN" not in text and text.endswith("y\n")
+    assert "| langcache | adaptive (by max_wrong_rate) |" in text
