@@ -219,6 +219,30 @@ def test_outcomes_and_model_persist_and_the_ring_stays_bounded(
     store.close()
 
 
+def test_linear_scorer_adopted_when_the_words_tell_what_the_similarity_cannot(
+        embedder: SentenceTransformerEmbedder) -> None:
+    """Equal similarities, right only when the two share their content words: the
+    lexical model wins out of fold, and then tells the two kinds apart."""
+    policy = Policy(dim=embedder.dim, max_wrong_rate=0.05)
+    base = _obs(embedder, *PARA)
+    rng = np.random.default_rng(5)
+    for i in range(800):
+        sim, shared = float(rng.uniform(0.85, 0.95)), bool(i % 2)
+        lex = (0.9, 0.0, 0.0, 0.0) if shared else (0.2, 0.75, 0.75, 0.0)
+        policy.record(Outcome(Observation(base.query, base.entry, sim, lex, False), shared,
+                              1.0, "shadow", 20_000 + i))
+    model = policy.refit()
+    assert model.scorer == "linear" and model.comparison["linear"] > model.comparison["similarity"]
+    same = Observation(base.query, base.entry, 0.90, (0.9, 0.0, 0.0, 0.0), False)
+    other = Observation(base.query, base.entry, 0.90, (0.2, 0.75, 0.75, 0.0), False)
+    assert policy.decide(same, entry_id=1).serve and not policy.decide(other, entry_id=2).serve
+    from semcache.policy import _pack_model, _unpack_model
+
+    again = _unpack_model(_pack_model(model))  # as persisted in the store
+    x = rows([same, other])
+    assert again.scorer == "linear" and np.allclose(again.score(x), model.score(x))
+
+
 def test_pair_scorer_adopted_only_when_it_beats_the_similarity(
         embedder: SentenceTransformerEmbedder) -> None:
     """With outcomes that only the similarity explains, the cross-fitted network gains
