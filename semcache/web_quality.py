@@ -97,6 +97,8 @@ async def decide(rt: Runtime, creq: CacheRequest, cand: Candidate, *, own_rule: 
         headers["X-Semcache-Verified"] = "1" if approved else "0"
         if approved:
             return Decision(True, None, headers)
+    if not cache.policy.learning:  # nothing would learn from the judgement: skip its cost
+        return Decision(False, None, headers)
     return Decision(False, Probe(cand, "miss", 1.0, creq.namespace, creq.endpoint), headers)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -82,7 +84,8 @@ class Runtime:
     shadow: Shadow = field(default_factory=Shadow)
     verifier: Verifier | None = None
     learn_pool: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="semcache-learn"))
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="semcache-learn",
+                                                   initializer=_background_priority))
     last_refit: float = field(default_factory=time.time)  # the first refit waits an interval
 
     @property
@@ -100,6 +103,15 @@ class Runtime:
             done, pending = await asyncio.wait(list(self.background), timeout=timeout)
             if pending:
                 log.warning("%d background stores still running at shutdown", len(pending))
+
+
+def _background_priority() -> None:
+    """Judging and refitting yield the CPU to lookups: the learning thread runs at nice
+    10 (Linux applies a thread's own niceness; elsewhere this does nothing)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
 
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("semcache_runtime", Runtime)

@@ -308,3 +308,22 @@ def _restart_keeps_outcomes(sc: Sidecar, start_sidecar: SidecarFactory) -> None:
     again = start_sidecar(admin_token=TOKEN, data_dir=settings.data_dir)
     state = Client(again.url, TOKEN).policy()
     assert state["outcomes"] == 1 and state["model"]["scorer"] == "similarity"
+
+
+def test_learning_runs_at_background_priority_and_static_mode_judges_nothing(
+        start_sidecar: SidecarFactory, fake: Fake) -> None:
+    import os
+    import threading
+
+    sc = start_sidecar(admin_token=TOKEN, policy="static", threshold=0.95)
+    nice = sc.runtime.learn_pool.submit(
+        lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
+    assert nice == 10
+    c = openai_client(sc.url, "sk-st", max_retries=0)
+    ask(c, Q)
+    sc.wait_stores()
+    assert ask(c, PARA)[0]["x-semcache-status"] == "miss"  # refused at 0.95 ...
+    sc.wait_stores()
+    state = Client(sc.url, TOKEN).policy()
+    assert state["mode"] == "static" and state["outcomes"] == 0  # ... and not judged
+    assert 'semcache_policy_outcomes_total{source="miss"' not in Client(sc.url, TOKEN).metrics()
