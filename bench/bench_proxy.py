@@ -156,7 +156,10 @@ async def store_all(url: str, texts: list[str]) -> None:
     await asyncio.sleep(1.0)  # stores happen off the response path
 
 
-def embedding_reference(reps: int = 100) -> dict[str, float]:
+def embedding_reference(reps: int = 100, idle: float = 0.0) -> dict[str, float]:
+    """One embedding of one short query: p50/p99 ms over ``reps``, each after ``idle``
+    seconds of doing nothing (as a miss after a 200 ms upstream finds the CPU: caches and
+    clocks cold)."""
     from semcache.embedding import load_embedder
     from semcache.settings import Settings
 
@@ -168,6 +171,8 @@ def embedding_reference(reps: int = 100) -> dict[str, float]:
     emb.embed(texts[:5])
     times = []
     for text in texts:
+        if idle:
+            time.sleep(idle)
         t = time.perf_counter()
         emb.embed([text])
         times.append((time.perf_counter() - t) * 1000)
@@ -205,7 +210,8 @@ async def run(n: int) -> dict[str, Any]:
             direct = await sequential(fake, [next(fresh) for _ in range(k)], None)
             miss = await sequential(side, [next(fresh) for _ in range(k)], "miss")
             results[tag] = {"direct": direct, "miss": miss,
-                            "miss_overhead_p50": miss["p50"] - direct["p50"]}
+                            "miss_overhead_p50": miss["p50"] - direct["p50"],
+                            "miss_overhead_p99": miss["p99"] - direct["p99"]}
         fake, side = urls[0.0]
         await store_all(side, anchors + [a for a, _ in mock])
         results["exact_hit"] = await sequential(side, [anchors[i % len(anchors)] for i in range(n)],
@@ -228,6 +234,7 @@ async def run(n: int) -> dict[str, Any]:
                 side, [next(fresh) for _ in range(max(n // 2, 2 * c))], c)
         results["throughput_rps"] = tput
         after = embedding_reference()
+        results["embed_after_idle_ms"] = embedding_reference(30, idle=0.2)
         # the machine is shared: take the quieter of the two reference measurements
         results["embed_one_query_ms"] = min(before, after, key=lambda d: d["p50"])
         results["embed_one_query_ms_runs"] = [before, after]
@@ -258,13 +265,20 @@ def report(r: dict[str, Any]) -> str:
     for tag in ("upstream_0ms", "upstream_200ms"):
         row(f"direct to fake upstream, {tag}", r[tag]["direct"])
         row(f"miss through semcache, {tag}", r[tag]["miss"])
-    lines += ["", "| miss overhead (miss p50 - direct p50) | ms | / embedding |", "|---|---|---|"]
-    for tag in ("upstream_0ms", "upstream_200ms"):
-        ov = r[tag]["miss_overhead_p50"]
-        lines.append(f"| {tag} | {ov:.2f} | {ov / e:.2f} |")
-    lines += ["", "| throughput (requests/s) | c=1 | c=16 | c=64 |", "|---|---|---|---|"]
+    idle = r.get("embed_after_idle_ms", r["embed_one_query_ms"])["p50"]
+    lines += ["", f"one embedding after 200 ms idle: p50 {idle:.2f} ms", "",
+              "| miss overhead (miss - direct) | p50 ms | p99 ms | p50 / embedding "
+              "| target: embedding + 2 ms | met |", "|---|---|---|---|---|---|"]
+    for tag, ref in (("upstream_0ms", e), ("upstream_200ms", idle)):
+        ov, ov99 = r[tag]["miss_overhead_p50"], r[tag].get("miss_overhead_p99", float("nan"))
+        lines.append(f"| {tag} | {ov:.2f} | {ov99:.2f} | {ov / ref:.2f} | {ref + 2:.2f} "
+                     f"| {'yes' if ov <= ref + 2 else 'no'} |")
+    lines += ["", "| throughput (requests/s; x embedding rate) | c=1 | c=16 | c=64 | c=64 / c=1 |",
+              "|---|---|---|---|---|"]
     for name, by_c in r["throughput_rps"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{by_c[c]:.0f}" for c in (1, 16, 64)) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{by_c[c]:.0f} ({by_c[c] * e / 1000:.2f}x)"
+                                              for c in (1, 16, 64))
+                     + f" | {by_c[64] / by_c[1]:.2f} |")
     return "\n".join(lines)
 
 
