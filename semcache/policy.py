@@ -102,8 +102,14 @@ class Model:
     _b1: np.ndarray | None = field(init=False, repr=False, compare=False, default=None)
     _w2: np.ndarray | None = field(init=False, repr=False, compare=False, default=None)
     _b2: np.ndarray | None = field(init=False, repr=False, compare=False, default=None)
+    _lin: tuple[np.ndarray, ...] | None = field(init=False, repr=False, compare=False,
+                                                default=None)
 
     def __post_init__(self) -> None:
+        if self.linear:  # members stacked: (k, 6) arrays, one vectorised step per lookup
+            object.__setattr__(self, "_lin", (
+                np.stack([m.mean for m in self.linear]), np.stack([m.scale for m in self.linear]),
+                np.stack([m.w for m in self.linear]), np.array([m.b for m in self.linear])))
         # the ensemble as one network: one matrix product for all members per lookup
         if self.pair:
             object.__setattr__(self, "_w1", np.hstack([p.w1 for p in self.pair]))
@@ -123,6 +129,21 @@ class Model:
         hidden = np.maximum(np.asarray(x, dtype=np.float32) @ self._w1 + self._b1, 0.0)
         z = np.einsum("nkh,kh->nk", hidden.reshape(len(x), k, -1), self._w2) + self._b2
         return (1.0 / (1.0 + np.exp(-np.clip(z.astype(np.float64), -40, 40)))).mean(axis=1)
+
+    def score_one(self, obs: Observation) -> float:
+        """:meth:`score` of one observation, building only the columns its scorer reads
+        (on the lookup path: the similarity needs none, the linear model six)."""
+        if self.scorer == "pair":
+            x = matrix(obs.query[None], obs.entry[None], np.array([obs.similarity]),
+                       np.array([obs.lexical]), np.array([obs.guarded]))
+            return float(self.score(x)[0])
+        if self.scorer == "linear":
+            c = np.array([obs.similarity, *obs.lexical, float(obs.guarded)])
+            assert self._lin is not None
+            mean, scale, w, b = self._lin
+            z = np.clip((((c - mean) / scale) * w).sum(axis=1) + b, -40, 40)
+            return float((1.0 / (1.0 + np.exp(-z))).mean())
+        return -np.inf if obs.guarded else float(obs.similarity)
 
     def describe(self) -> dict[str, Any]:
         return {"scorer": self.scorer, "outcomes": self.outcomes, "fitted_at": self.fitted_at,
@@ -243,9 +264,7 @@ class Policy:
         cal = model.calibration
         if cal is None or cal.weight < MIN_EVIDENCE:
             return None, None
-        x = matrix(obs.query[None], obs.entry[None], np.array([obs.similarity]),
-                   np.array([obs.lexical]), np.array([obs.guarded]))
-        score = float(model.score(x)[0])
+        score = model.score_one(obs)
         return score, cal.confidence(score)
 
     # ------------------------------------------------------------------ learning

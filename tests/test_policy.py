@@ -12,7 +12,7 @@ import pytest
 from semcache.embedding import SentenceTransformerEmbedder
 from semcache.features import LEXICAL, Observation, lexical, observe, rows, width
 from semcache.judge import answer_text, equivalent, same_text
-from semcache.learner import Calibration, PairScorer, SimilarityScorer
+from semcache.learner import Calibration, LinearScorer, PairScorer, SimilarityScorer
 from semcache.policy import MIN_EVIDENCE, Outcome, Policy
 from semcache.store import Store
 from tests.conftest import CacheFactory, answer, chat
@@ -273,3 +273,19 @@ def test_cache_candidates_carry_the_verdict_and_outcomes_survive_reopening(
     cache.close()
     again = make_cache()
     assert again.policy.outcomes == 1 and again.policy.state()["vetoed_entries"] == 1
+
+
+def test_the_lookup_path_scores_as_the_refit_does(embedder: SentenceTransformerEmbedder) -> None:
+    """``score_one`` (only the columns a scorer reads) equals ``score`` on full rows."""
+    from semcache.policy import Model
+
+    rng = np.random.default_rng(6)
+    obs = [_obs(embedder, *PARA), _obs(embedder, *NEAR, guarded=True)]
+    x_train = rows(obs * 50)
+    y = rng.uniform(size=len(x_train)) < 0.5
+    lin = tuple(LinearScorer.fit(x_train, y, np.ones(len(y)), steps=200) for _ in range(3))
+    pair = tuple(PairScorer.fit(x_train, y, np.ones(len(y)), epochs=2, seed=k) for k in range(3))
+    for model in (Model("similarity", None), Model("linear", None, linear=lin),
+                  Model("pair", None, pair)):
+        full = model.score(rows(obs))
+        assert [model.score_one(o) for o in obs] == pytest.approx(list(full), rel=1e-5), model.scorer
