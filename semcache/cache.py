@@ -193,6 +193,7 @@ class SemanticCache:
         """The snapshot's index reconciled with the store, and its last id; None when there
         is no usable snapshot (the reason is logged) or it misses entries it should hold."""
         if self.settings.snapshot_interval is None:
+            snapshot.remove_stale_temps(self.store_db.snapshot_path)  # left by earlier runs
             return None
         index, stamp, reason = snapshot.load(self.store_db.snapshot_path, self._stamp())
         if index is None or stamp is None:

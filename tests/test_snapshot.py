@@ -231,3 +231,15 @@ def test_temp_files_of_writers_killed_mid_write_are_removed_at_open(tmp_path: Pa
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_stale_temp_files_are_removed_at_open_with_snapshots_off(tmp_path: Path) -> None:
+    data = tmp_path / "s"
+    with SemanticCache(settings(data), HashEmbedder()) as cache:
+        fill(cache, 0, 3)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = data / f".index.snapshot.{dead.pid}.0.tmp"
+    stale.write_bytes(b"partial")
+    with SemanticCache(settings(data).replace(snapshot_interval=None), HashEmbedder()) as cache:
+        assert cache.index_source == "store" and not stale.exists()
