@@ -15,7 +15,7 @@ Event-loop confined (not thread-safe); counts are since the process started.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 __all__ = ["Shadow", "ShadowCounts"]
@@ -81,12 +81,10 @@ class Shadow:
         c.wrong += not correct
 
     def report(self, namespace: str | None = None) -> dict[str, Any]:
-        rows = {ns: c.as_dict() for ns, c in sorted(self.counts.items())
-                if namespace is None or ns == namespace}
-        total = ShadowCounts()
-        for c in self.counts.values():
-            if namespace is None or c is self.counts.get(namespace):
-                for k in ("requests", "would_hit_exact", "would_hit_semantic", "judged", "wrong"):
-                    setattr(total, k, getattr(total, k) + getattr(c, k))
+        chosen = {ns: c for ns, c in sorted(self.counts.items())
+                  if namespace is None or ns == namespace}
+        total = ShadowCounts(*(sum(getattr(c, f.name) for c in chosen.values())
+                               for f in fields(ShadowCounts)))
+        rows = {ns: c.as_dict() for ns, c in chosen.items()}
         return {"namespaces": rows, "total": total.as_dict(),
                 "shadowed": sorted(self.names) if not self.everything else ["*"]}
