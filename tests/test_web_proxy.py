@@ -573,6 +573,15 @@ def timed(app: web.Application) -> tuple[ThreadedApp, list[float]]:
     return ThreadedApp(app).start(), finished
 
 
+def settled(finished: list[float], timeout: float = 5.0) -> list[float]:
+    """``finished`` once the upstream's handler has returned: the client can read the
+    last byte a moment before the upstream's thread records it."""
+    deadline = time.monotonic() + timeout
+    while not finished and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return finished
+
+
 def test_a_streamed_miss_reaches_the_client_before_the_upstream_has_finished(
         start_sidecar: SidecarFactory) -> None:
     """The fake streams slowly (a pause after each 4-character piece, ~20 pieces); the
@@ -591,6 +600,7 @@ def test_a_streamed_miss_reaches_the_client_before_the_upstream_has_finished(
                     arrivals.append(time.monotonic())
                     content += chunk.choices[0].delta.content
         assert raw.headers["x-semcache-status"] == "miss"
+        settled(finished)
         assert len(finished) == 1 and len(arrivals) >= 10 and content.startswith("Answer ")
         upstream_done = finished[0]
         assert arrivals[0] < upstream_done  # relayed, not buffered until the end
@@ -629,6 +639,7 @@ async def test_a_streamed_passthrough_body_reaches_the_client_before_the_upstrea
                 received += await r.content.readany()
                 first = time.monotonic()
                 received += await r.read()
+        settled(finished)
         assert len(finished) == 1
         assert first < finished[0]  # the first piece came through while the rest was pending
         assert received == b"".join(f"piece-{i};".encode() for i in range(10))
