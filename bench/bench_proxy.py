@@ -93,6 +93,15 @@ async def one(session: aiohttp.ClientSession, url: str, text: str,
         return ms, status, server
 
 
+def summary(client_ms: list[float], server_ms: list[float]) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": len(client_ms),
+                           "p50": statistics.median(client_ms), "p99": pct(client_ms, 0.99)}
+    if server_ms:
+        out["server_p50"] = statistics.median(server_ms)
+        out["server_p99"] = pct(server_ms, 0.99)
+    return out
+
+
 async def sequential(url: str, texts: list[str], want: str | None,
                      headers: dict[str, str] | None = None) -> dict[str, Any]:
     client_ms, server_ms = [], []
@@ -103,12 +112,26 @@ async def sequential(url: str, texts: list[str], want: str | None,
                 client_ms.append(ms)
                 if server is not None:
                     server_ms.append(server)
-    out: dict[str, Any] = {"n": len(client_ms),
-                           "p50": statistics.median(client_ms), "p99": pct(client_ms, 0.99)}
-    if server_ms:
-        out["server_p50"] = statistics.median(server_ms)
-        out["server_p99"] = pct(server_ms, 0.99)
-    return out
+    return summary(client_ms, server_ms)
+
+
+async def alternating(direct_url: str, side_url: str,
+                      texts: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(direct, miss): the texts in pairs, one straight to the upstream and one through
+    the sidecar (counted when it was a miss), so both see the same state of this shared
+    machine; which goes first alternates."""
+    direct: tuple[list[float], list[float]] = ([], [])
+    miss: tuple[list[float], list[float]] = ([], [])
+    async with aiohttp.ClientSession() as s:
+        for i in range(0, len(texts) - 1, 2):
+            legs = [(direct_url, direct, None), (side_url, miss, "miss")]
+            for url, into, want in legs[::-1] if i % 4 else legs:
+                ms, status, server = await one(s, url, texts[i + (url == side_url)])
+                if want is None or status == want:
+                    into[0].append(ms)
+                    if server is not None:
+                        into[1].append(server)
+    return summary(*direct), summary(*miss)
 
 
 async def throughput(url: str, texts: list[str], concurrency: int,
@@ -206,9 +229,8 @@ async def run(n: int) -> dict[str, Any]:
                              {"Cache-Control": "no-store"})
         for latency, (fake, side) in urls.items():
             tag = f"upstream_{int(latency * 1000)}ms"
-            k = n if latency == 0 else max(20, n // 10)
-            direct = await sequential(fake, [next(fresh) for _ in range(k)], None)
-            miss = await sequential(side, [next(fresh) for _ in range(k)], "miss")
+            k = n if latency == 0 else max(20, n // 4)
+            direct, miss = await alternating(fake, side, [next(fresh) for _ in range(2 * k)])
             results[tag] = {"direct": direct, "miss": miss,
                             "miss_overhead_p50": miss["p50"] - direct["p50"],
                             "miss_overhead_p99": miss["p99"] - direct["p99"]}

@@ -23,6 +23,11 @@ Dispatch policy -- batching without a fixed wait:
   queued text -- only while each turn brings new texts, so a burst that arrives over a few
   turns shares a pass, and a text that arrives alone waits one turn (microseconds), never
   ``max_wait``.
+* :meth:`MicroBatcher.embed_then` also takes the caller's next step (an index search):
+  when a pass embeds that caller's text alone, the step runs on the batcher's thread
+  right after the pass, which spares a request that arrives alone one round trip through
+  the event loop and another thread; in a shared pass (or on a memo hit) it runs on the
+  caller's executor, so searches never hold up a batch.
 * Identical texts in one batch are embedded once; with a ``memo``
   (:class:`semcache.memo.VectorMemo`), texts embedded before are answered on the event
   loop without queueing, and every new vector is remembered.
@@ -42,6 +47,7 @@ import concurrent.futures
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -51,6 +57,7 @@ from .memo import VectorMemo
 __all__ = ["MicroBatcher", "BatcherStats"]
 
 EmbedFn = Callable[[list[str]], np.ndarray]
+T = TypeVar("T")
 
 
 @dataclass
@@ -63,6 +70,7 @@ class BatcherStats:
     embedded: int = 0  # distinct texts sent to forward passes
     failures: int = 0  # forward passes that raised
     largest: int = 0  # most texts in one pass
+    inline: int = 0  # embed_then steps run on the batcher's thread right after their pass
     sizes: dict[int, int] = field(default_factory=dict)  # pass size -> how many passes
 
 
@@ -71,6 +79,11 @@ class _Waiter:
     text: str
     future: asyncio.Future[np.ndarray]
     queued: float  # loop.time() when queued
+    then: Callable[[np.ndarray], Any] | None = None  # embed_then's step
+    # set on the batcher's thread when ``then`` ran there, read after ``future`` resolves
+    ran: bool = False
+    outcome: Any = None
+    error: BaseException | None = None
 
 
 class MicroBatcher:
@@ -109,19 +122,46 @@ class MicroBatcher:
         """The unit vector of ``text`` (float32, read-only, C-contiguous).
 
         Raises :class:`EmbeddingError` when the backend fails or the batcher is closed."""
+        vec = self._remembered(text)
+        if vec is not None:
+            return vec
+        return await self._enqueue(text, None).future
+
+    async def embed_then(self, text: str, then: Callable[[np.ndarray], T],
+                         executor: concurrent.futures.Executor) -> T:
+        """``then(vector of text)``, computed off the event loop.
+
+        ``then`` runs on the batcher's thread straight after a pass that embedded ``text``
+        for this caller alone (the next pass waits for it, so it must be short: an index
+        search), else -- a memo hit, a pass shared with others -- on ``executor``.
+        Raises :class:`EmbeddingError` as :meth:`embed`, and whatever ``then`` raises."""
+        vec = self._remembered(text)
+        if vec is None:
+            waiter = self._enqueue(text, then)
+            vec = await waiter.future
+            if waiter.ran:
+                if waiter.error is not None:
+                    raise waiter.error
+                return waiter.outcome  # type: ignore[no-any-return]
+        return await asyncio.get_running_loop().run_in_executor(executor, then, vec)
+
+    def _remembered(self, text: str) -> np.ndarray | None:
         self.stats.requests += 1
         if self.memo is not None:
             vec = self.memo.get(text)
             if vec is not None:
                 self.stats.memo_hits += 1
                 return vec
+        return None
+
+    def _enqueue(self, text: str, then: Callable[[np.ndarray], Any] | None) -> _Waiter:
         if self._closed:
             raise EmbeddingError("the embedding batcher is closed")
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(text, loop.create_future(), loop.time())
+        waiter = _Waiter(text, loop.create_future(), loop.time(), then)
         self._queue.append(waiter)
         self._kick(loop)
-        return await waiter.future
+        return waiter
 
     async def embed_many(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors of ``texts`` as one ``(len(texts), dim)`` float32 array, in order.
@@ -186,16 +226,18 @@ class MicroBatcher:
         self.stats.embedded += len(texts)
         self.stats.largest = max(self.stats.largest, len(texts))
         self.stats.sizes[len(texts)] = self.stats.sizes.get(len(texts), 0) + 1
+        lone = batch[0] if len(batch) == 1 and batch[0].then is not None else None
         try:
-            done = loop.run_in_executor(self._executor, self._forward, texts)
+            done = loop.run_in_executor(self._executor, self._forward, texts, lone)
         except RuntimeError as exc:  # executor shut down
             self._busy = False
             self._fail(batch, EmbeddingError(f"the embedding executor is gone: {exc}"))
             return
         done.add_done_callback(lambda fut: self._finish(loop, batch, texts, fut))
 
-    def _forward(self, texts: list[str]) -> np.ndarray:
-        """On the executor thread: one pass, checked; every failure as EmbeddingError."""
+    def _forward(self, texts: list[str], lone: _Waiter | None = None) -> np.ndarray:
+        """On the executor thread: one pass, checked; every failure as EmbeddingError.
+        Then ``lone``'s step, if given, on its row (``lone`` embeds ``texts[0]``)."""
         try:
             out = self._embed_fn(texts)
         except SemcacheError:
@@ -207,6 +249,14 @@ class MicroBatcher:
             raise EmbeddingError(
                 f"embedding backend returned {out.dtype} {out.shape} for {len(texts)} texts; "
                 "expected float32 (n, dim)")
+        if lone is not None and lone.then is not None:
+            row = np.array(out[0], dtype=np.float32, copy=True)
+            row.setflags(write=False)
+            try:
+                lone.outcome = lone.then(row)
+            except Exception as exc:  # the caller's failure, not the pass's
+                lone.error = exc
+            lone.ran = True
         return out
 
     def _finish(self, loop: asyncio.AbstractEventLoop, batch: list[_Waiter], texts: list[str],
@@ -221,6 +271,7 @@ class MicroBatcher:
             self._fail(batch, err)
         else:
             out = fut.result()
+            self.stats.inline += sum(1 for w in batch if w.ran)
             rows: dict[str, np.ndarray] = {}
             for i, text in enumerate(texts):
                 row = np.array(out[i], dtype=np.float32, copy=True)

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,7 +125,7 @@ def parse_json(raw: bytes) -> Any:
 # ------------------------------------------------------------------------ lookup
 def _search_before(deadline: float, rt: Runtime, creq: CacheRequest, controls: Controls,
                    vector: np.ndarray | None) -> Candidate | None:
-    """Runs on the lookup thread (index search, embedding too when no batcher is given);
+    """Runs off the event loop (index search, embedding too when no batcher is given);
     skips work whose caller already gave up."""
     if time.monotonic() > deadline or rt.cache is None:
         return None
@@ -138,7 +138,8 @@ async def lookup(rt: Runtime, creq: CacheRequest, controls: Controls) -> Hit | C
     served), within the time budget; any failure is a miss.
 
     The embedding goes through the micro-batcher, so concurrent lookups share forward
-    passes; the index search then runs on the lookup thread, off the event loop.
+    passes; the index search then runs on the batcher's thread right after a pass that
+    embedded this request alone, else on the lookup thread (never on the event loop).
     """
     cache = rt.cache
     assert cache is not None
@@ -152,9 +153,10 @@ async def lookup(rt: Runtime, creq: CacheRequest, controls: Controls) -> Hit | C
         text = creq.semantic_text
 
         async def semantic() -> Candidate | None:
-            vector = await rt.batcher.embed(text) if rt.batcher is not None else None
-            work = functools.partial(_search_before, deadline, rt, creq, controls, vector)
-            return await loop.run_in_executor(rt.lookup_pool, work)
+            search = functools.partial(_search_before, deadline, rt, creq, controls)
+            if rt.batcher is None:
+                return await loop.run_in_executor(rt.lookup_pool, search, None)
+            return await rt.batcher.embed_then(text, search, rt.lookup_pool)
 
         return await asyncio.wait_for(semantic(), budget)
     except asyncio.TimeoutError:
@@ -328,7 +330,9 @@ async def forward(
                 answer = json.loads(data)
             except ValueError:
                 answer = None
-        charge.settle(upstream_resp.status, answer)
+        # accounting waits until aiohttp has written ``resp`` (the handler's task yields
+        # only then): it is off the client's latency, and done before the next request
+        asyncio.get_running_loop().call_soon(charge.settle, upstream_resp.status, answer)
         quality.judge(rt, probe, upstream_resp.status, answer)
         if creq is not None and not controls.no_store:
             _admit(rt, creq, upstream_resp.status, answer, controls, flight)
@@ -394,7 +398,9 @@ async def _send(out: web.StreamResponse, data: bytes | None) -> bool:
 
 def _admit(rt: Runtime, creq: CacheRequest, status: int, answer: Any, controls: Controls,
            flight: Flight | None) -> None:
-    """Share an admissible answer with coalesced followers and store it in the background."""
+    """Share an admissible answer with coalesced followers now, and store it in the
+    background once the response has gone out (the store thread would otherwise compete
+    with writing it for the interpreter)."""
     why = admission.refusal(creq.endpoint, status, answer, rt.settings)
     if why is not None:
         rt.counters.store_refusals += 1
@@ -405,9 +411,8 @@ def _admit(rt: Runtime, creq: CacheRequest, status: int, answer: Any, controls: 
     cache = rt.cache
     if cache is None:
         return
-    loop = asyncio.get_running_loop()
-    task = loop.run_in_executor(
-        rt.store_pool, functools.partial(cache.store, creq, answer, ttl=controls.ttl))
+    task = asyncio.get_running_loop().create_task(
+        _store(rt, functools.partial(cache.store, creq, answer, ttl=controls.ttl)))
     rt.track(task)
     if flight is not None:
         flight.hold_until(task)  # identical requests keep waiting on the flight until stored
@@ -424,6 +429,12 @@ def _admit(rt: Runtime, creq: CacheRequest, status: int, answer: Any, controls: 
             log.warning("storing an answer failed (%s: %s)", type(exc).__name__, exc)
 
     task.add_done_callback(done)
+
+
+async def _store(rt: Runtime, store: Callable[[], Any]) -> None:
+    """``store()`` on the store thread.  A new task's first step runs after the task that
+    made it yields, which for a handler is after aiohttp wrote its response."""
+    await asyncio.get_running_loop().run_in_executor(rt.store_pool, store)
 
 
 # ------------------------------------------------------------------ passthrough

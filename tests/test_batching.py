@@ -4,6 +4,7 @@ caller is not held, a failing backend fails every waiter and the batcher goes on
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections.abc import Sequence
@@ -222,3 +223,61 @@ def test_a_failing_backend_fails_open_in_the_cache(make_cache: CacheFactory) -> 
     assert hit is not None and hit.match == "exact"
     with pytest.raises(EmbeddingError, match="backend down"):
         cache.lookup(CacheRequest.from_body("/v1/chat/completions", chat("what's RAM")))
+
+
+def _where(row: np.ndarray) -> tuple[str, float]:
+    """An embed_then step: the thread it ran on and the row's first value."""
+    assert not row.flags.writeable
+    return threading.current_thread().name, float(row[0])
+
+
+async def test_embed_then_runs_a_lone_callers_step_on_the_batcher_thread() -> None:
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="test-lookup")
+    batcher = MicroBatcher(HashEmbedder().embed, memo=VectorMemo(64))
+    try:
+        thread, first = await batcher.embed_then("alone", _where, pool)
+        assert thread.startswith("semcache-embed") and batcher.stats.inline == 1
+        assert first == float(HashEmbedder().embed(["alone"])[0, 0])
+        # a memo hit has no pass to ride on: the step goes to the executor
+        thread, first_again = await batcher.embed_then("alone", _where, pool)
+        assert thread.startswith("test-lookup") and first_again == first
+        assert batcher.stats.inline == 1 and batcher.stats.memo_hits == 1
+    finally:
+        batcher.close()
+        pool.shutdown()
+
+
+async def test_embed_then_in_a_shared_pass_runs_each_step_on_the_executor() -> None:
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="test-lookup")
+    backend = SlowRecorder()
+    batcher = MicroBatcher(backend, max_batch=8)
+    texts = [f"together {i}" for i in range(8)]
+    try:
+        out = await asyncio.gather(*(batcher.embed_then(t, _where, pool) for t in texts))
+    finally:
+        batcher.close()
+        pool.shutdown()
+    want = HashEmbedder().embed(texts)[:, 0]
+    assert [first for _, first in out] == [float(v) for v in want]  # each its own row
+    shared = sum(len(b) for b in backend.batches if len(b) > 1)
+    assert shared > 0  # the burst did share passes ...
+    assert sum(thread.startswith("test-lookup") for thread, _ in out) >= shared  # ... off-thread
+    assert batcher.stats.inline == 8 - shared
+
+
+async def test_a_failing_step_reaches_its_caller_and_the_batcher_goes_on() -> None:
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    batcher = MicroBatcher(HashEmbedder().embed)
+
+    def broken(row: np.ndarray) -> None:
+        raise KeyError("index gone")
+
+    try:
+        with pytest.raises(KeyError, match="index gone"):
+            await batcher.embed_then("first", broken, pool)
+        thread, _ = await batcher.embed_then("second", _where, pool)
+    finally:
+        batcher.close()
+        pool.shutdown()
+    assert thread.startswith("semcache-embed")
+    assert batcher.stats.failures == 0 and batcher.stats.batches == 2  # not the pass's fault
