@@ -5,27 +5,38 @@
 Twin: ``semcache/_pyevict.py`` (same class, signatures and results); the contract is in
 ``semcache/eviction.py``.
 
-Layout: every tracked entry owns a *slot* in parallel C++ vectors (id, size, hits,
-expiry, list links); a hash map finds an id's slot; freed slots are reused.
+Layout: every tracked entry owns a *slot*, one 48-byte record in a C++ vector of records
+(list links, hits, id, frequency node, size, expiry; the links and hits fill the
+record's first 16 bytes, so a touch reads one cache line per slot); freed slots are
+reused.  An open-addressing hash table finds an id's slot: a power-of-two array of
+16-byte buckets ``(id, slot)`` (the id beside the slot: a probe compares without leaving
+the table), the home bucket from the top bits of ``(id ^ id >> 32) * 2**64/phi``
+(Fibonacci hashing), linear probing, backward-shift deletion (no tombstones, so churn
+does not lengthen probes), doubled when more than half full, never shrunk.  Every int64
+is a valid id (an empty bucket is marked by its slot, ``-1``).  ``add``, ``touch`` and
+``remove`` are plain method descriptors (``binding=False``), which CPython calls through
+its fast path for C methods.
 
 * LRU: one doubly linked list of slots, oldest at the head.
-* LFU: a doubly linked list of frequency nodes in ascending hit count, each holding a
-  doubly linked list of its slots, oldest first.  A touch moves a slot from node ``h`` to
-  the node right after it (created when it is not ``h + 1``): O(1).  An add with ``h``
-  hits walks to its node from the end nearest to ``h`` (O(1) for the usual ``h = 0`` and
-  for rebuilds that add in ascending hit order).
-* Expiry: a lazy binary heap of ``(expires, id)``, stored negated in a max-heap; stale
+* LFU: a doubly linked list of frequency nodes (24-byte records) in ascending hit count,
+  each holding a doubly linked list of its slots, oldest first.  A touch moves a slot
+  from node ``h`` to the node right after it (created when it is not ``h + 1``): O(1).
+  An add with ``h`` hits walks to its node from the end nearest to ``h`` (O(1) for the
+  usual ``h = 0`` and for rebuilds that add in ascending hit order).
+* Expiry: a lazy binary heap of ``(expires, id)``, stored as ``(-expires, ~id)`` in a
+  max-heap (``~id`` orders like ``-id`` without overflowing at the smallest int64); stale
   items are skipped when popped and the heap is rebuilt when they outnumber live ones.
 
-Roughly 100 bytes per entry, against about 500 for the twin's dicts.  Not thread-safe:
-the owner serialises calls.
+Per entry: 48-96 bytes of slots (the vector grows by doubling), 32-64 of hash table,
+16-32 of heap items when the entry expires; measured 92-154 bytes at 100k-1M entries
+(about what the node-based ``unordered_map`` and per-field vectors took), against about
+500 for the twin's dicts.  Not thread-safe: the owner serialises calls.
 """
 
-from cython.operator cimport dereference as deref
+cimport cython
 from libc.math cimport INFINITY, NAN, isnan
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uint64_t
 from libcpp.algorithm cimport pop_heap, push_heap, make_heap
-from libcpp.unordered_map cimport unordered_map
 from libcpp.utility cimport pair
 from libcpp.vector cimport vector
 
@@ -33,8 +44,63 @@ from semcache.errors import ConfigError
 
 ctypedef pair[double, int64_t] HeapItem
 
-cdef int32_t NIL = -1
-cdef Py_ssize_t HEAP_SLACK = 1024
+cdef enum:
+    NIL = -1                   # no slot / no node
+    HEAP_SLACK = 1024
+    MIN_BITS = 4               # smallest hash table: 16 buckets
+
+
+cdef struct Slot:
+    int32_t prev
+    int32_t next
+    int64_t hits
+    int64_t id
+    int32_t node               # lfu: frequency node holding the slot
+    int32_t live               # 0 once removed (the slot is on the free list)
+    int64_t size
+    double exp                 # pending due time; +inf: none; NaN: already reported
+
+
+cdef struct Node:
+    int64_t hits
+    int32_t head, tail, prev, next
+
+
+cdef struct Bucket:
+    int64_t id
+    int32_t slot               # NIL: empty
+    int32_t _pad
+
+
+cdef inline uint64_t _mix(int64_t key) noexcept nogil:
+    """Fibonacci hashing of the id with its high half folded into its low half; the
+    caller keeps the top bits.  Consecutive ids land on evenly spread buckets, and ids
+    that differ only in their high or only in their low bits still spread."""
+    cdef uint64_t z = <uint64_t>key
+    return (z ^ (z >> 32)) * 0x9E3779B97F4A7C15ULL
+
+
+cdef inline void _unlink(Slot* S, int32_t s, int32_t* first, int32_t* last) noexcept nogil:
+    cdef int32_t p = S[s].prev, n = S[s].next
+    if p != NIL:
+        S[p].next = n
+    else:
+        first[0] = n
+    if n != NIL:
+        S[n].prev = p
+    else:
+        last[0] = p
+
+
+cdef inline void _append(Slot* S, int32_t s, int32_t* first, int32_t* last) noexcept nogil:
+    cdef int32_t t = last[0]
+    S[s].prev = t
+    S[s].next = NIL
+    if t != NIL:
+        S[t].next = s
+    else:
+        first[0] = s
+    last[0] = s
 
 
 cdef class EvictionTracker:
@@ -42,21 +108,18 @@ cdef class EvictionTracker:
 
     cdef readonly str policy
     cdef bint lfu
-    cdef unordered_map[int64_t, int32_t] slot_of
-    # per slot
-    cdef vector[int64_t] s_id
-    cdef vector[int64_t] s_size
-    cdef vector[int64_t] s_hits
-    cdef vector[double] s_exp      # pending due time; +inf: none; NaN: already reported
-    cdef vector[int32_t] s_prev
-    cdef vector[int32_t] s_next
-    cdef vector[int32_t] s_node    # lfu: frequency node holding the slot
+    # id -> slot
+    cdef vector[Bucket] table
+    cdef int shift                 # 64 - log2(len(table))
+    cdef size_t mask               # len(table) - 1
+    cdef Py_ssize_t count
+    # slots
+    cdef vector[Slot] slots
     cdef vector[int32_t] free_slots
     # lru list
     cdef int32_t head, tail
     # lfu frequency nodes
-    cdef vector[int64_t] f_hits
-    cdef vector[int32_t] f_head, f_tail, f_prev, f_next
+    cdef vector[Node] nodes
     cdef vector[int32_t] free_nodes
     cdef int32_t f_first, f_last
     # expiry
@@ -73,6 +136,8 @@ cdef class EvictionTracker:
         self.f_first = self.f_last = NIL
         self.pending = 0
         self._total = 0
+        self.count = 0
+        self._reset_table(MIN_BITS)
 
     @property
     def total_bytes(self) -> int:
@@ -80,94 +145,130 @@ cdef class EvictionTracker:
         return self._total
 
     def __len__(self) -> int:
-        return self.slot_of.size()
+        return self.count
 
     def __contains__(self, entry_id) -> bool:
-        return self.slot_of.count(<int64_t>entry_id) != 0
+        return self._slot_of(<int64_t>entry_id) != NIL
 
-    # ------------------------------------------------------------ slot lists
-    cdef inline void _unlink(self, int32_t s, int32_t* first, int32_t* last) noexcept:
-        cdef int32_t p = self.s_prev[s], n = self.s_next[s]
-        if p != NIL:
-            self.s_next[p] = n
-        else:
-            first[0] = n
-        if n != NIL:
-            self.s_prev[n] = p
-        else:
-            last[0] = p
+    # ------------------------------------------------------------ hash table
+    cdef void _reset_table(self, int bits):
+        """An empty table of ``2**bits`` buckets (entries are not re-inserted)."""
+        cdef Bucket empty
+        empty.id = 0
+        empty.slot = NIL
+        empty._pad = 0
+        self.table.assign(<size_t>1 << bits, empty)
+        self.shift = 64 - bits
+        self.mask = (<size_t>1 << bits) - 1
 
-    cdef inline void _append(self, int32_t s, int32_t* first, int32_t* last) noexcept:
-        self.s_prev[s] = last[0]
-        self.s_next[s] = NIL
-        if last[0] != NIL:
-            self.s_next[last[0]] = s
-        else:
-            first[0] = s
-        last[0] = s
+    cdef inline size_t _bucket_of(self, int64_t eid) noexcept:
+        """The bucket holding ``eid``, or the empty bucket that ends its probe."""
+        cdef Bucket* T = self.table.data()
+        cdef size_t i = <size_t>(_mix(eid) >> self.shift)
+        while T[i].slot != NIL and T[i].id != eid:
+            i = (i + 1) & self.mask
+        return i
+
+    cdef inline int32_t _slot_of(self, int64_t eid) noexcept:
+        """The slot of ``eid``; NIL when it is not tracked."""
+        return self.table[self._bucket_of(eid)].slot
+
+    cdef void _insert(self, int64_t eid, int32_t s):
+        """Map ``eid`` (not tracked) to slot ``s``; doubles the table past half full."""
+        cdef size_t i, n
+        cdef vector[Bucket] old
+        if 2 * (self.count + 1) > <Py_ssize_t>self.table.size():
+            old.swap(self.table)
+            self._reset_table(64 - self.shift + 1)
+            for n in range(old.size()):
+                if old[n].slot != NIL:
+                    i = self._bucket_of(old[n].id)
+                    self.table[i] = old[n]
+        i = self._bucket_of(eid)
+        self.table[i].id = eid
+        self.table[i].slot = s
+        self.count += 1
+
+    cdef void _erase(self, size_t i) noexcept:
+        """Empty bucket ``i``, shifting later buckets of its run back (no tombstones)."""
+        cdef Bucket* T = self.table.data()
+        cdef size_t j = i, home
+        while True:
+            j = (j + 1) & self.mask
+            if T[j].slot == NIL:
+                break
+            home = <size_t>(_mix(T[j].id) >> self.shift)
+            # T[j] may move to i when i lies on its probe path, i.e. in [home, j)
+            if ((j - home) & self.mask) >= ((j - i) & self.mask):
+                T[i] = T[j]
+                i = j
+        T[i].slot = NIL
+        self.count -= 1
 
     # ------------------------------------------------------ frequency nodes
-    cdef int32_t _new_node(self, int64_t hits, int32_t after) except -2:
+    cdef int32_t _new_node(self, int64_t hits, int32_t after) noexcept:
         """A new empty node for ``hits`` placed after node ``after`` (NIL: at the front)."""
         cdef int32_t f
         if self.free_nodes.size():
             f = self.free_nodes.back()
             self.free_nodes.pop_back()
         else:
-            f = <int32_t>self.f_hits.size()
-            self.f_hits.push_back(0)
-            self.f_head.push_back(NIL)
-            self.f_tail.push_back(NIL)
-            self.f_prev.push_back(NIL)
-            self.f_next.push_back(NIL)
-        self.f_hits[f] = hits
-        self.f_head[f] = NIL
-        self.f_tail[f] = NIL
-        self.f_prev[f] = after
+            f = <int32_t>self.nodes.size()
+            self.nodes.resize(f + 1)
+        cdef Node* F = self.nodes.data()
+        F[f].hits = hits
+        F[f].head = NIL
+        F[f].tail = NIL
+        F[f].prev = after
         if after == NIL:
-            self.f_next[f] = self.f_first
+            F[f].next = self.f_first
             self.f_first = f
         else:
-            self.f_next[f] = self.f_next[after]
-            self.f_next[after] = f
-        if self.f_next[f] != NIL:
-            self.f_prev[self.f_next[f]] = f
+            F[f].next = F[after].next
+            F[after].next = f
+        if F[f].next != NIL:
+            F[F[f].next].prev = f
         else:
             self.f_last = f
         return f
 
     cdef void _drop_node_if_empty(self, int32_t f) noexcept:
-        if self.f_head[f] != NIL:
+        cdef Node* F = self.nodes.data()
+        if F[f].head != NIL:
             return
-        cdef int32_t p = self.f_prev[f], n = self.f_next[f]
+        cdef int32_t p = F[f].prev, n = F[f].next
         if p != NIL:
-            self.f_next[p] = n
+            F[p].next = n
         else:
             self.f_first = n
         if n != NIL:
-            self.f_prev[n] = p
+            F[n].prev = p
         else:
             self.f_last = p
         self.free_nodes.push_back(f)
 
-    cdef int32_t _node_for(self, int64_t hits) except -2:
+    cdef int32_t _node_for(self, int64_t hits) noexcept:
         """The node for ``hits``, created in order when missing."""
         cdef int32_t f
-        if self.f_first == NIL or hits < self.f_hits[self.f_first]:
+        cdef Node* F = self.nodes.data()
+        if self.f_first == NIL or hits < F[self.f_first].hits:
             return self._new_node(hits, NIL)
-        if hits - self.f_hits[self.f_first] <= self.f_hits[self.f_last] - hits:
+        if hits - F[self.f_first].hits <= F[self.f_last].hits - hits:
             f = self.f_first
-            while self.f_next[f] != NIL and self.f_hits[self.f_next[f]] <= hits:
-                f = self.f_next[f]
+            while F[f].next != NIL and F[F[f].next].hits <= hits:
+                f = F[f].next
         else:
             f = self.f_last
-            while self.f_hits[f] > hits:
-                f = self.f_prev[f]
-        if self.f_hits[f] == hits:
+            while F[f].hits > hits:
+                f = F[f].prev
+        if F[f].hits == hits:
             return f
         return self._new_node(hits, f)
 
     # ------------------------------------------------------------- public API
+    # add, touch and remove run once per entry or hit: binding=False makes them method
+    # descriptors, which CPython calls without the cyfunction's vectorcall layer
+    @cython.binding(False)
     def add(self, entry_id, size, expires, hits=0) -> None:
         """Track a new entry as the most recently used (re-adding replaces it)."""
         cdef int64_t eid = entry_id
@@ -175,35 +276,35 @@ cdef class EvictionTracker:
         cdef int64_t sz = size
         cdef double exp = INFINITY if expires is None else <double>expires
         cdef int32_t s, f
-        if self.slot_of.count(eid):
-            self.remove(entry_id)
+        cdef size_t b = self._bucket_of(eid)
+        if self.table[b].slot != NIL:
+            self._remove_at(b)
         if self.free_slots.size():
             s = self.free_slots.back()
             self.free_slots.pop_back()
-            self.s_id[s] = eid
-            self.s_size[s] = sz
-            self.s_hits[s] = h
-            self.s_exp[s] = exp
         else:
-            s = <int32_t>self.s_id.size()
-            self.s_id.push_back(eid)
-            self.s_size.push_back(sz)
-            self.s_hits.push_back(h)
-            self.s_exp.push_back(exp)
-            self.s_prev.push_back(NIL)
-            self.s_next.push_back(NIL)
-            self.s_node.push_back(NIL)
-        self.slot_of[eid] = s
-        self._total += sz
+            s = <int32_t>self.slots.size()
+            self.slots.resize(s + 1)
+        self._insert(eid, s)
         if self.lfu:
             f = self._node_for(h)
-            self.s_node[s] = f
-            self._append(s, &self.f_head[f], &self.f_tail[f])
         else:
-            self._append(s, &self.head, &self.tail)
+            f = NIL
+        cdef Slot* S = self.slots.data()
+        S[s].id = eid
+        S[s].size = sz
+        S[s].hits = h
+        S[s].exp = exp
+        S[s].node = f
+        S[s].live = 1
+        self._total += sz
+        if self.lfu:
+            _append(S, s, &self.nodes[f].head, &self.nodes[f].tail)
+        else:
+            _append(S, s, &self.head, &self.tail)
         if expires is not None:
             self.pending += 1
-            self.heap.push_back(HeapItem(-exp, -eid))
+            self.heap.push_back(HeapItem(-exp, ~eid))
             push_heap(self.heap.begin(), self.heap.end())
             if <Py_ssize_t>self.heap.size() > 2 * self.pending + HEAP_SLACK:
                 self._rebuild_heap()
@@ -219,80 +320,107 @@ cdef class EvictionTracker:
 
     cdef void _rebuild_heap(self):
         cdef size_t s
+        cdef Slot* S = self.slots.data()
         self.heap.clear()
-        for s in range(self.s_id.size()):
-            if self.slot_of.count(self.s_id[s]) and self.slot_of[self.s_id[s]] == <int32_t>s:
-                if not isnan(self.s_exp[s]) and self.s_exp[s] != INFINITY:
-                    self.heap.push_back(HeapItem(-self.s_exp[s], -self.s_id[s]))
+        for s in range(self.slots.size()):
+            if S[s].live and not isnan(S[s].exp) and S[s].exp != INFINITY:
+                self.heap.push_back(HeapItem(-S[s].exp, ~S[s].id))
         make_heap(self.heap.begin(), self.heap.end())
 
-    def touch(self, entry_id) -> None:
+    @cython.binding(False)
+    def touch(self, int64_t entry_id) -> None:
         """Record a hit: most recently used, one more use.  Unknown ids are ignored."""
-        cdef unordered_map[int64_t, int32_t].iterator it = self.slot_of.find(<int64_t>entry_id)
-        if it == self.slot_of.end():
+        cdef int32_t s = self._slot_of(entry_id)
+        if s == NIL:
             return
-        cdef int32_t s = deref(it).second
-        cdef int32_t f, g
-        cdef int64_t h = self.s_hits[s]
-        self.s_hits[s] = h + 1
-        if not self.lfu:
-            self._unlink(s, &self.head, &self.tail)
-            self._append(s, &self.head, &self.tail)
-            return
-        f = self.s_node[s]
-        g = self.f_next[f]
-        if g == NIL or self.f_hits[g] != h + 1:
-            g = self._new_node(h + 1, f)
-        self._unlink(s, &self.f_head[f], &self.f_tail[f])
-        self._drop_node_if_empty(f)
-        self.s_node[s] = g
-        self._append(s, &self.f_head[g], &self.f_tail[g])
-
-    def remove(self, entry_id) -> None:
-        """Forget an entry (deleted for any reason).  Unknown ids are ignored."""
-        cdef unordered_map[int64_t, int32_t].iterator it = self.slot_of.find(<int64_t>entry_id)
-        if it == self.slot_of.end():
-            return
-        cdef int32_t s = deref(it).second
-        cdef int32_t f
-        self.slot_of.erase(it)
-        self._total -= self.s_size[s]
-        if not isnan(self.s_exp[s]) and self.s_exp[s] != INFINITY:
-            self.pending -= 1
-        self.s_exp[s] = NAN
+        cdef Slot* S = self.slots.data()
+        cdef int32_t p, n, t
+        S[s].hits += 1
         if self.lfu:
-            f = self.s_node[s]
-            self._unlink(s, &self.f_head[f], &self.f_tail[f])
+            self._touch_lfu(s)
+            return
+        t = self.tail
+        if s == t:
+            return
+        # unlink (s is not the tail, so it has a next) and append after the tail
+        p = S[s].prev
+        n = S[s].next
+        if p != NIL:
+            S[p].next = n
+        else:
+            self.head = n
+        S[n].prev = p
+        S[s].prev = t
+        S[s].next = NIL
+        S[t].next = s
+        self.tail = s
+
+    cdef inline void _touch_lfu(self, int32_t s) noexcept:
+        """Move slot ``s``, whose hits were just incremented, to the node for them."""
+        cdef Slot* S = self.slots.data()
+        cdef int64_t h = S[s].hits
+        cdef int32_t f = S[s].node
+        cdef int32_t g = self.nodes[f].next
+        if g == NIL or self.nodes[g].hits != h:
+            g = self._new_node(h, f)
+        _unlink(S, s, &self.nodes[f].head, &self.nodes[f].tail)
+        self._drop_node_if_empty(f)
+        S[s].node = g
+        _append(S, s, &self.nodes[g].head, &self.nodes[g].tail)
+
+    cdef void _remove_at(self, size_t b) noexcept:
+        """Forget the entry in bucket ``b``."""
+        cdef int32_t s = self.table[b].slot
+        cdef Slot* S = self.slots.data()
+        cdef int32_t f
+        self._erase(b)
+        self._total -= S[s].size
+        if not isnan(S[s].exp) and S[s].exp != INFINITY:
+            self.pending -= 1
+        S[s].exp = NAN
+        S[s].live = 0
+        if self.lfu:
+            f = S[s].node
+            _unlink(S, s, &self.nodes[f].head, &self.nodes[f].tail)
             self._drop_node_if_empty(f)
         else:
-            self._unlink(s, &self.head, &self.tail)
+            _unlink(S, s, &self.head, &self.tail)
         self.free_slots.push_back(s)
+
+    @cython.binding(False)
+    def remove(self, entry_id) -> None:
+        """Forget an entry (deleted for any reason).  Unknown ids are ignored."""
+        cdef size_t b = self._bucket_of(<int64_t>entry_id)
+        if self.table[b].slot != NIL:
+            self._remove_at(b)
 
     def victims(self, max_entries, max_bytes, incoming_bytes=0) -> list:
         """Ids to evict, in eviction order, so that the caps hold after adding
         ``incoming_bytes``; see the twin.  Does not remove them."""
-        cdef int64_t excess_n = <int64_t>self.slot_of.size() - <int64_t>max_entries
+        cdef int64_t excess_n = <int64_t>self.count - <int64_t>max_entries
         cdef int64_t excess_b = self._total + <int64_t>incoming_bytes - <int64_t>max_bytes
         cdef list out = []
         cdef int32_t s, f
+        cdef Slot* S = self.slots.data()
+        cdef Node* F = self.nodes.data()
         if excess_n <= 0 and excess_b <= 0:
             return out
         if self.lfu:
             f = self.f_first
-            s = NIL if f == NIL else self.f_head[f]
+            s = NIL if f == NIL else F[f].head
         else:
             f = NIL
             s = self.head
         while excess_n > 0 or excess_b > 0:
             while s == NIL and f != NIL:
-                f = self.f_next[f]
-                s = NIL if f == NIL else self.f_head[f]
+                f = F[f].next
+                s = NIL if f == NIL else F[f].head
             if s == NIL:
                 break
-            out.append(self.s_id[s])
+            out.append(S[s].id)
             excess_n -= 1
-            excess_b -= self.s_size[s]
-            s = self.s_next[s]
+            excess_b -= S[s].size
+            s = S[s].next
         return out
 
     def expired(self, now, limit=1024) -> list:
@@ -302,18 +430,16 @@ cdef class EvictionTracker:
         cdef Py_ssize_t lim = limit
         cdef list out = []
         cdef HeapItem top
-        cdef unordered_map[int64_t, int32_t].iterator it
         cdef int32_t s
         while self.heap.size() and -self.heap.front().first <= t and len(out) < lim:
             top = self.heap.front()
             pop_heap(self.heap.begin(), self.heap.end())
             self.heap.pop_back()
-            it = self.slot_of.find(-top.second)
-            if it == self.slot_of.end():
+            s = self._slot_of(~top.second)
+            if s == NIL:
                 continue
-            s = deref(it).second
-            if self.s_exp[s] == -top.first:
-                self.s_exp[s] = NAN
+            if self.slots[s].exp == -top.first:
+                self.slots[s].exp = NAN
                 self.pending -= 1
-                out.append(-top.second)
+                out.append(~top.second)
         return out

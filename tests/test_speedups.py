@@ -185,3 +185,119 @@ def test_native_and_twin_trackers_agree(policy: str, ops: list[tuple]) -> None: 
     a.add_many(*cols)
     b.add_many(*cols)
     assert a.victims(0, 0) == b.victims(0, 0) and a.expired(100.0) == b.expired(100.0)
+
+
+def _native_evict():  # type: ignore[no-untyped-def]
+    try:
+        from semcache import _cevict
+    except ImportError:
+        if os.environ.get("SEMCACHE_NO_EXTENSIONS") == "1":
+            pytest.skip("semcache._cevict is not built; nothing native to compare")
+        raise
+    return _cevict
+
+
+_M64 = (1 << 64) - 1
+_PHI_INV = pow(0x9E3779B97F4A7C15, -1, 1 << 64)
+
+
+def _signed(x: int) -> int:
+    x &= _M64
+    return x - (1 << 64) if x >> 63 else x
+
+
+def _same_home(k: int, top: bool) -> int:
+    """An id whose native hash is ``k`` (``top``: ``2**64 - 1 - k``): for ``k`` below
+    ``2**40`` all such ids share the first (last) bucket of every table up to 2**24
+    buckets, so their probe runs are long and wrap around the table's end."""
+    z = ((_M64 - k if top else k) * _PHI_INV) & _M64
+    return _signed(z ^ (z >> 32))
+
+
+# ids the tracker's hash table must tell apart: int64 extremes, negatives, ids equal in
+# their low (or high) bits, and ids built to share a home bucket
+_TRACKER_IDS = sorted({
+    -(2**63), -(2**63) + 1, 2**63 - 1, 2**63 - 2, -1, 0, 1,
+    *range(2, 40), *(-k for k in range(2, 20)),
+    *(k << 32 for k in range(1, 40)), *(_signed(k << 56) for k in range(1, 40)),
+    *(k * ((1 << 32) + 1) for k in range(1, 20)),
+    *(_same_home(k, top) for k in range(40) for top in (False, True)),
+})
+
+tracker_op = st.one_of(
+    st.tuples(st.just("add"), st.sampled_from(_TRACKER_IDS), st.integers(0, 500),
+              st.one_of(st.none(), st.integers(0, 60).map(float)), st.sampled_from([0, 0, 1, 4])),
+    st.tuples(st.just("touch"), st.sampled_from(_TRACKER_IDS)),
+    st.tuples(st.just("remove"), st.sampled_from(_TRACKER_IDS)),
+    # many adds or removes in a row: the table grows across resizes, then empties
+    st.tuples(st.just("add_run"), st.integers(0, len(_TRACKER_IDS) - 1), st.integers(1, 200)),
+    st.tuples(st.just("remove_run"), st.integers(0, len(_TRACKER_IDS) - 1), st.integers(1, 200)),
+    st.tuples(st.just("victims"), st.integers(0, 300), st.integers(0, 40000), st.integers(0, 600)),
+    st.tuples(st.just("expired"), st.integers(0, 70).map(float), st.integers(1, 50)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(["lru", "lfu"]), st.lists(tracker_op, max_size=150))
+def test_native_and_twin_trackers_agree_on_hard_ids(policy: str, ops: list[tuple]) -> None:  # type: ignore[type-arg]
+    """The native id -> slot hash table: any int64 id, colliding ids, removes amid probe
+    runs, re-adds, growth and churn; checked against the twin after every call."""
+    native = _native_evict()
+    from semcache import _pyevict
+
+    a, b = native.EvictionTracker(policy), _pyevict.EvictionTracker(policy)
+    for name, *args in ops:
+        if name in ("add_run", "remove_run"):
+            start, n = args
+            run = (_TRACKER_IDS * 2)[start:start + n]
+            for i, entry_id in enumerate(run):
+                if name == "add_run":
+                    a.add(entry_id, i, float(i % 50) if i % 3 else None)
+                    b.add(entry_id, i, float(i % 50) if i % 3 else None)
+                else:
+                    a.remove(entry_id)
+                    b.remove(entry_id)
+        else:
+            ra, rb = getattr(a, name)(*args), getattr(b, name)(*args)
+            assert ra == rb, (name, args)
+        assert len(a) == len(b) and a.total_bytes == b.total_bytes
+    assert [i in a for i in _TRACKER_IDS] == [i in b for i in _TRACKER_IDS]
+    assert a.victims(0, 0) == b.victims(0, 0)
+    assert a.expired(float("inf"), 10**6) == b.expired(float("inf"), 10**6)
+
+
+@pytest.mark.parametrize("policy", ["lru", "lfu"])
+@pytest.mark.parametrize("pattern", ["sequential", "low-bits-equal", "random-int64"])
+def test_native_and_twin_trackers_agree_under_churn(policy: str, pattern: str) -> None:
+    """Thousands of adds across many resizes, most removed in random order, some re-added,
+    touched, and unknown ids touched and removed: the same state as the twin's."""
+    native = _native_evict()
+    from semcache import _pyevict
+
+    rng = np.random.default_rng(7)
+    n = 6000
+    ids = {"sequential": list(range(n)),
+           "low-bits-equal": [_signed((k << 40) | 12345) for k in range(n)],
+           "random-int64": [int(x) for x in rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64)]}[pattern]
+    a, b = native.EvictionTracker(policy), _pyevict.EvictionTracker(policy)
+    for i, entry_id in enumerate(ids):
+        for t in (a, b):
+            t.add(entry_id, i % 97, float(i % 300) if i % 4 else None, i % 3)
+    order = rng.permutation(n)
+    for j in order[: n * 9 // 10]:
+        for t in (a, b):
+            t.remove(ids[j])
+            t.remove(ids[j])  # already gone: ignored
+    for j in order[: n // 3]:
+        for t in (a, b):
+            t.add(ids[j], 7, None if j % 2 else 1000.0)
+            t.add(ids[j], 5, float(j % 200))  # re-adding replaces
+    for j in rng.integers(0, n, 4000):
+        for t in (a, b):
+            t.touch(ids[j])
+            t.touch(ids[j] ^ (1 << 62))  # unknown: ignored
+    assert len(a) == len(b) and a.total_bytes == b.total_bytes
+    assert [i in a for i in ids] == [i in b for i in ids]
+    assert a.victims(0, 0) == b.victims(0, 0)
+    assert a.expired(150.0, 500) == b.expired(150.0, 500)
+    assert a.expired(1e9, 10**6) == b.expired(1e9, 10**6)
