@@ -14,6 +14,11 @@ In this process, on the embedder directly:
   (p50, p99): what a lone request pays, batcher overhead included;
 * throughput through the MicroBatcher at concurrency 1, 8, 32 (closed-loop clients, unique
   texts, no memo): queries per second;
+* the ceiling of that throughput on this machine, without batcher or event loop: the same
+  texts embedded one at a time, in batches of 32 on one thread, and in batches of 32 on
+  two threads at once (each its own instance of the backend); the last over the first is
+  the most that batching across requests plus every core can give at concurrency 32
+  against concurrency 1;
 * quality against torch: the lowest and mean cosine over the langcache sentences in padded
   batches of 32; hit rate (recall) and precision at threshold 0.90 of each langcache and
   QQP-test pair (the pair-cosine protocol of ../shared/data/README.md), and the hit rate
@@ -21,9 +26,8 @@ In this process, on the embedder directly:
 
 Through the sidecar (``semcache serve`` per backend in front of the fake upstream; skip
 with ``--no-http``): semantic-hit latency at concurrency 1 (client and in-server p50/p99)
-and semantic-hit throughput at concurrency 1, 8, 32.  The sidecar's request path embeds on
-its lookup thread (the MicroBatcher is not wired into it on this branch), so its
-throughput shows the backend's speed, not batching.
+and semantic-hit throughput at concurrency 1, 8, 32, embedding through the sidecar's
+MicroBatcher.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +105,31 @@ def forward_ms(embedders: dict[str, Embedder], texts: list[str], rounds: int) ->
                 emb.embed([text])
                 times[name].append((time.perf_counter() - t) * 1000)
     return {name: statistics.median(v) for name, v in times.items()}
+
+
+def _rate(emb: Embedder, texts: Sequence[str], batch: int) -> float:
+    """Texts per second embedding ``texts`` in consecutive batches of ``batch``."""
+    t = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        emb.embed(list(texts[i:i + batch]))
+    return len(texts) / (time.perf_counter() - t)
+
+
+def ceiling(embedders: dict[str, Embedder], seconds: dict[str, Embedder],
+            texts: list[str]) -> dict[str, dict[str, float]]:
+    """Per backend, queries/s over ``texts``: one at a time (``single``), batches of 32 on
+    one thread (``batch32``), and batches of 32 on two threads at once, ``embedders[b]``
+    and ``seconds[b]`` each embedding all of ``texts`` (``batch32_two_threads``)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, emb in embedders.items():
+        single = _rate(emb, texts, 1)
+        one = _rate(emb, texts, 32)
+        with ThreadPoolExecutor(2) as pool:
+            t = time.perf_counter()
+            list(pool.map(lambda e: _rate(e, texts, 32), (emb, seconds[name])))
+            two = 2 * len(texts) / (time.perf_counter() - t)
+        out[name] = {"single": single, "batch32": one, "batch32_two_threads": two}
+    return out
 
 
 async def batched_latency(embed: Callable[[list[str]], np.ndarray], texts: list[str]) -> list[float]:
@@ -238,7 +268,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         embedders[backend] = load_embedder(backend=backend, threads=args.threads, cache_dir=models)
         print(f"loaded {embedders[backend].name} in {time.perf_counter() - t:.1f}s", flush=True)
     n = 48 if args.quick else 160
-    texts = unique_queries(n * 20 + 100)  # each text embedded once in the whole run
+    texts = unique_queries(n * 22 + 100)  # each text used for one measurement only
     pool = iter(texts)
     for emb in embedders.values():  # warm-up
         emb.embed([next(pool) for _ in range(8)])
@@ -257,6 +287,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             rps, mean_batch = await batched_throughput(emb.embed, [next(pool) for _ in range(k)], c)
             res["backends"][name]["rps"][c] = rps
             res["backends"][name]["batch"][c] = mean_batch
+    seconds = {backend: load_embedder(backend=backend, threads=args.threads, cache_dir=models)
+               for backend in BACKENDS}
+    res["ceiling"] = ceiling(embedders, seconds, [next(pool) for _ in range(n * 2)])
+    del seconds
     print(f"speed measured after {time.perf_counter() - started:.0f}s", flush=True)
     res["quality"] = quality(embedders, 500 if args.quick else 2000)
     print(f"quality measured after {time.perf_counter() - started:.0f}s", flush=True)
@@ -282,6 +316,13 @@ def report(r: dict[str, Any]) -> str:
             f"| {d['batcher_c1_p50_ms']:.2f} | {d['batcher_c1_p99_ms']:.2f} "
             f"| {d['rps'][1]:.0f} | {d['rps'][8]:.0f} | {d['rps'][32]:.0f} ({d['rps'][32] / ref['rps'][32]:.1f}x) "
             f"| {d['rps'][32] / d['rps'][1]:.1f} | {d['batch'][32]:.1f} |")
+    if "ceiling" in r:
+        lines += ["", "| backend, on the embedder directly | q/s one at a time | batches of 32 "
+                  "| batches of 32 on 2 threads | ceiling of c=32 / c=1 |", "|---|---|---|---|---|"]
+        for name, c in r["ceiling"].items():
+            lines.append(f"| {name} | {c['single']:.0f} | {c['batch32']:.0f} "
+                         f"({c['batch32'] / c['single']:.2f}x) | {c['batch32_two_threads']:.0f} "
+                         f"| {c['batch32_two_threads'] / c['single']:.2f} |")
     lines += ["", "| backend | set | cosine to torch: min / mean (min, padded batches) | hit rate @0.90 "
               "| precision @0.90 | best hit rate at torch's precision @0.90 (threshold) |",
               "|---|---|---|---|---|---|"]
