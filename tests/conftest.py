@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from aiohttp import web
 
 from semcache import SemanticCache, Settings
 from semcache.embedding import SentenceTransformerEmbedder
@@ -224,24 +225,44 @@ def fake() -> Iterator[Fake]:
     server.stop()
 
 
+def count_handlers(app: web.Application) -> list[int]:
+    """Count the app's running request handlers (``[n]``, read on its loop).  A streamed
+    miss's handler outlives the client's read of the last event: it still waits for the
+    upstream's end before it admits the answer."""
+    running = [0]
+
+    @web.middleware
+    async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+        running[0] += 1
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        finally:
+            running[0] -= 1
+
+    app.middlewares.insert(0, count)
+    return running
+
+
 class Sidecar:
     """A running sidecar app: ``url`` (without /v1), ``runtime``, ``settings``."""
 
-    def __init__(self, server: ThreadedApp) -> None:
+    def __init__(self, server: ThreadedApp, running: list[int]) -> None:
         self.server = server
         self.url = server.url
         self.runtime: Runtime = server.app[RUNTIME]
+        self._running = running
 
     def wait_stores(self) -> None:
-        """Wait until background stores are committed."""
+        """Wait until every request handler has returned and background stores are
+        committed."""
         import time
 
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if not self.server.call(lambda: len(self.runtime.background)):
+            if not self.server.call(lambda: self._running[0] or len(self.runtime.background)):
                 return
             time.sleep(0.01)
-        raise TimeoutError("background stores did not finish")
+        raise TimeoutError("request handlers or background stores did not finish")
 
 
 SidecarFactory = Callable[..., Sidecar]
@@ -261,14 +282,16 @@ def start_sidecar(tmp_path: Path, embedder: SentenceTransformerEmbedder,
         # exploration, so a hit is a hit (tests of exploration set explore_rate)
         settings = Settings(data_dir=tmp_path / "sidecar", upstream=fake.url, sync=False,
                             lookup_timeout=10.0, explore_rate=0.0).replace(**overrides)
-        server = ThreadedApp(make_app(settings, embedder=embedder_ or embedder)).start()
+        app = make_app(settings, embedder=embedder_ or embedder)
+        running = count_handlers(app)
+        server = ThreadedApp(app).start()
         started.append(server)
         rt = server.app[RUNTIME]
         deadline = time.monotonic() + 120
         while rt.cache is None and rt.load_error is None and time.monotonic() < deadline:
             time.sleep(0.01)
         assert rt.cache is not None, rt.load_error
-        return Sidecar(server)
+        return Sidecar(server, running)
 
     yield factory
     for server in started:

@@ -21,7 +21,7 @@ from semcache import Settings
 from semcache.fake_upstream import FakeConfig, make_fake_app
 from semcache.web_app import make_app
 from semcache.web_runtime import RUNTIME
-from tests.conftest import Fake, Sidecar, SidecarFactory, langcache_pairs
+from tests.conftest import Fake, Sidecar, SidecarFactory, count_handlers, langcache_pairs
 from tests.servers import ThreadedApp
 
 CHAT = "/v1/chat/completions"
@@ -705,7 +705,9 @@ async def test_while_the_model_loads_readyz_is_503_and_requests_bypass_the_cache
     gated = GatedEmbedder(embedder)
     settings = Settings(data_dir=tmp_path / "sidecar", upstream=fake.url, sync=False,
                         lookup_timeout=10.0)
-    server = ThreadedApp(make_app(settings, embedder=gated)).start()
+    app = make_app(settings, embedder=gated)
+    running = count_handlers(app)
+    server = ThreadedApp(app).start()
     rt = server.app[RUNTIME]
     url = server.url
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": Q}]}
@@ -740,7 +742,7 @@ async def test_while_the_model_loads_readyz_is_503_and_requests_bypass_the_cache
                 async with s.post(url + CHAT, json=body) as r:
                     statuses.append(r.headers["X-Semcache-Status"])
                     await r.read()
-                await asyncio.get_running_loop().run_in_executor(None, Sidecar(server).wait_stores)
+                await asyncio.get_running_loop().run_in_executor(None, Sidecar(server, running).wait_stores)
             assert statuses == ["miss", "hit"] and fake.stats.total(CHAT) == 4
     finally:
         gated.gate.set()
