@@ -6,8 +6,11 @@ Starts two fake upstreams (0 ms and 200 ms answers) and one sidecar in front of 
 as separate processes on 127.0.0.1, then measures with an aiohttp client:
 
 * the reference: one embedding of one short query (the same model, in this process);
-* direct calls to the fake upstream, and misses through the sidecar (overhead = the
-  difference of medians; ``Server-Timing: cache`` gives the part spent inside semcache);
+* direct calls to the fake upstream, the same through the sidecar as a bare proxy
+  (``Cache-Control: no-cache, no-store``) and misses through the sidecar, alternating in
+  one sequence (overhead = the difference of medians; ``Server-Timing: cache`` gives the
+  part spent inside semcache), plus one embedding after 200 ms idle, the reference for a
+  miss behind the 200 ms upstream;
 * exact hits and semantic hits (langcache paraphrases; unique texts, so no memo helps);
 * throughput at concurrency 1, 16, 64 for exact hits, semantic hits (gptcache mock
   paraphrases, each asked once; the rows include the paraphrases that fall below the
