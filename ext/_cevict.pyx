@@ -28,9 +28,8 @@ its fast path for C methods.
   items are skipped when popped and the heap is rebuilt when they outnumber live ones.
 
 Per entry: 48-96 bytes of slots (the vector grows by doubling), 32-64 of hash table,
-16-32 of heap items when the entry expires; measured 92-154 bytes at 100k-1M entries
-(about what the node-based ``unordered_map`` and per-field vectors took), against about
-500 for the twin's dicts.  Not thread-safe: the owner serialises calls.
+16-32 of heap items when the entry expires (the whole cache's memory per entry is
+measured by ``bench/bench_index.py``).  Not thread-safe: the owner serialises calls.
 """
 
 cimport cython

@@ -300,7 +300,11 @@ class SemanticCache:
         entry_id = self.store_db.id_for_exact(req.exact)
         if entry_id is None:
             return None
-        return self._serve(entry_id, req, "exact", 1.0)
+        rec = self._live(entry_id, req)
+        if rec is None:
+            return None
+        self._touch(entry_id)
+        return Hit(entry_id, "exact", 1.0, rec.body, rec.usage, rec.model, rec.created)
 
     def lookup_semantic(
         self, req: CacheRequest, *, threshold: float | None = None,
@@ -369,13 +373,6 @@ class SemanticCache:
             self.tracker.touch(entry_id)
             last, count = self._pending_hits.get(entry_id, (now, 0))
             self._pending_hits[entry_id] = (max(last, now), count + 1)
-
-    def _serve(self, entry_id: int, req: CacheRequest, match: str, sim: float) -> Hit | None:
-        rec = self._live(entry_id, req)
-        if rec is None:
-            return None
-        self._touch(entry_id)
-        return Hit(entry_id, match, sim, rec.body, rec.usage, rec.model, rec.created)
 
     # --------------------------------------------------------------------- store
     def store(
