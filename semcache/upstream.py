@@ -73,8 +73,10 @@ class Upstream:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
+        # no cookie jar: a cookie the upstream sets for one caller is relayed to that
+        # caller, never kept and sent on behalf of the next (another tenant, perhaps)
         self._session = aiohttp.ClientSession(
-            auto_decompress=False,
+            auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
             connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
             timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout),
         )

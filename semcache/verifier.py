@@ -78,7 +78,7 @@ class Verifier:
                 result = await result
             return result is True
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         body = {"model": self.model, "temperature": 0, "max_tokens": 3,
                 "messages": [{"role": "system", "content": PROMPT},

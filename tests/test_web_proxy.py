@@ -682,6 +682,41 @@ async def test_headers_named_in_connection_are_dropped_both_ways(
         upstream.stop()
 
 
+async def _set_cookie(request: web.Request) -> web.Response:
+    """Echo the Cookie header it got, and set a cookie of its own (as routers behind
+    load balancers do)."""
+    return web.json_response({"cookie": request.headers.get("Cookie")},
+                             headers={"Set-Cookie": "affinity=first-caller; Path=/"})
+
+
+@pytest.mark.parametrize("path", [CHAT, "/v1/models"], ids=["cached", "passthrough"])
+async def test_the_upstreams_cookies_are_relayed_never_kept_for_the_next_caller(
+        start_sidecar: SidecarFactory, path: str) -> None:
+    app = web.Application()
+    app.router.add_route("*", "/v1/{tail:.*}", _set_cookie)
+    upstream = ThreadedApp(app).start()
+    try:
+        # a host name, not an IP: aiohttp's default cookie jar keeps cookies of named hosts
+        sc = start_sidecar(upstream=f"http://localhost:{upstream.port}")
+        body = {"model": "m", "messages": [{"role": "user", "content": "cookie"}]}
+        seen = []
+        for key, own in (("sk-first", None), ("sk-second", None), ("sk-third", "mine=1")):
+            headers = {"Authorization": f"Bearer {key}", "Cache-Control": "no-cache, no-store"}
+            if own:
+                headers["Cookie"] = own
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
+                async with s.request("POST" if path == CHAT else "GET", sc.url + path,
+                                     json=body if path == CHAT else None, headers=headers) as r:
+                    assert r.status == 200
+                    assert r.headers["Set-Cookie"].startswith("affinity=first-caller")
+                    seen.append((await r.json())["cookie"])
+        # each caller's own Cookie header goes upstream as sent; the upstream's cookie for
+        # one caller is never attached to another's request
+        assert seen == [None, None, "mine=1"]
+    finally:
+        upstream.stop()
+
+
 # ------------------------------------------------------------------ readiness
 class GatedEmbedder:
     """The real model behind a gate: every forward pass waits until the test opens it, so
