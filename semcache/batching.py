@@ -228,12 +228,25 @@ class MicroBatcher:
         self.stats.sizes[len(texts)] = self.stats.sizes.get(len(texts), 0) + 1
         lone = batch[0] if len(batch) == 1 and batch[0].then is not None else None
         try:
-            done = loop.run_in_executor(self._executor, self._forward, texts, lone)
+            self._executor.submit(self._run, loop, batch, texts, lone)
         except RuntimeError as exc:  # executor shut down
             self._busy = False
             self._fail(batch, EmbeddingError(f"the embedding executor is gone: {exc}"))
-            return
-        done.add_done_callback(lambda fut: self._finish(loop, batch, texts, fut))
+
+    def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Waiter], texts: list[str],
+             lone: _Waiter | None) -> None:
+        """On the executor thread: the pass, then its outcome handed straight to the
+        loop (one wake-up; no executor future to chain through)."""
+        out: np.ndarray | None = None
+        error: BaseException | None = None
+        try:
+            out = self._forward(texts, lone)
+        except BaseException as exc:  # every outcome reaches the loop, which re-raises
+            error = exc
+        try:
+            loop.call_soon_threadsafe(self._finish, loop, batch, texts, out, error)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
 
     def _forward(self, texts: list[str], lone: _Waiter | None = None) -> np.ndarray:
         """On the executor thread: one pass, checked; every failure as EmbeddingError.
@@ -260,17 +273,15 @@ class MicroBatcher:
         return out
 
     def _finish(self, loop: asyncio.AbstractEventLoop, batch: list[_Waiter], texts: list[str],
-                fut: asyncio.Future[np.ndarray]) -> None:
+                out: np.ndarray | None, exc: BaseException | None) -> None:
         self._busy = False
-        if fut.cancelled():
-            self._fail(batch, EmbeddingError("the forward pass was cancelled"))
-        elif (exc := fut.exception()) is not None:
+        if exc is not None:
             self.stats.failures += 1
             err = exc if isinstance(exc, EmbeddingError) else EmbeddingError(
                 f"embedding backend failed: {type(exc).__name__}: {exc}")
             self._fail(batch, err)
         else:
-            out = fut.result()
+            assert out is not None
             self.stats.inline += sum(1 for w in batch if w.ran)
             rows: dict[str, np.ndarray] = {}
             for i, text in enumerate(texts):
