@@ -125,7 +125,7 @@ async def sequential(url: str, texts: list[str], want: str | None,
 BYPASS = {"Cache-Control": "no-cache, no-store"}  # the sidecar as a bare proxy
 
 
-async def alternating(direct_url: str, side_url: str, texts: list[str],
+async def interleaved(direct_url: str, side_url: str, texts: list[str],
                       embed: Callable[[list[str]], Any]) -> dict[str, dict[str, Any]]:
     """Rounds of four legs, each with its own text: straight to the upstream ("direct"),
     through the sidecar as a bare proxy ("bypass": no lookup, no store), through the
@@ -287,7 +287,7 @@ async def run(n: int) -> dict[str, Any]:
         for latency, (fake, side) in urls.items():
             tag = f"upstream_{int(latency * 1000)}ms"
             k = n if latency == 0 else max(20, n // 4)
-            legs = await alternating(fake, side, [next(fresh) for _ in range(4 * k)], emb.embed)
+            legs = await interleaved(fake, side, [next(fresh) for _ in range(4 * k)], emb.embed)
             direct, miss = legs["direct"], legs["miss"]
             results[tag] = {"direct": direct, "bypass": legs["bypass"], "miss": miss,
                             "embed": legs["embed"],
