@@ -333,26 +333,12 @@ cdef class EvictionTracker:
         if s == NIL:
             return
         cdef Slot* S = self.slots.data()
-        cdef int32_t p, n, t
         S[s].hits += 1
         if self.lfu:
             self._touch_lfu(s)
-            return
-        t = self.tail
-        if s == t:
-            return
-        # unlink (s is not the tail, so it has a next) and append after the tail
-        p = S[s].prev
-        n = S[s].next
-        if p != NIL:
-            S[p].next = n
-        else:
-            self.head = n
-        S[n].prev = p
-        S[s].prev = t
-        S[s].next = NIL
-        S[t].next = s
-        self.tail = s
+        elif s != self.tail:
+            _unlink(S, s, &self.head, &self.tail)
+            _append(S, s, &self.head, &self.tail)
 
     cdef inline void _touch_lfu(self, int32_t s) noexcept:
         """Move slot ``s``, whose hits were just incremented, to the node for them."""
