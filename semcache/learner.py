@@ -35,7 +35,7 @@ from .features import LEXICAL
 
 LEXICAL_WIDTH = len(LEXICAL)
 
-__all__ = ["Calibration", "SimilarityScorer", "LinearScorer", "PairScorer", "Z_95"]
+__all__ = ["Calibration", "SimilarityScorer", "LinearScorer", "PairScorer", "Z_95", "sigmoid"]
 
 Z_95 = 1.6449  # one-sided 95% normal quantile
 
@@ -104,6 +104,11 @@ class Calibration:
         return float((np.asarray(weights) * np.asarray(correct) * served).sum())
 
 
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """The logistic function, its argument clipped to +-40 (no overflow warnings)."""
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+
+
 class SimilarityScorer:
     """Score = cosine similarity; -inf for a candidate the guard objects to."""
 
@@ -133,7 +138,7 @@ class LinearScorer:
 
     def score(self, x: np.ndarray) -> np.ndarray:
         z = ((self.columns(x) - self.mean) / self.scale) @ self.w + self.b
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+        return sigmoid(z)
 
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, w: np.ndarray, *, l2: float = 1e-2,
@@ -147,7 +152,7 @@ class LinearScorer:
         sw = sw / max(float(sw.mean()), 1e-12)
         coef, b = np.zeros(z.shape[1]), 0.0
         for _ in range(steps):
-            p = 1.0 / (1.0 + np.exp(-np.clip(z @ coef + b, -40, 40)))
+            p = sigmoid(z @ coef + b)
             g = sw * (p - y) / len(y)
             coef -= lr * (z.T @ g + l2 * coef)
             b -= lr * float(g.sum())
@@ -181,7 +186,7 @@ class PairScorer:
     def score(self, x: np.ndarray) -> np.ndarray:
         hidden = np.maximum(np.asarray(x, dtype=np.float32) @ self.w1 + self.b1, 0.0)
         z = hidden @ self.w2 + self.b2
-        return 1.0 / (1.0 + np.exp(-np.clip(z.astype(np.float64), -40, 40)))
+        return sigmoid(z.astype(np.float64))
 
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, w: np.ndarray, *, hidden: int = 64,
@@ -216,7 +221,7 @@ class PairScorer:
                 pre = xb @ params[0] + params[1]
                 act = np.maximum(pre, 0.0)
                 out = act @ params[2] + params[3][0]
-                prob = 1.0 / (1.0 + np.exp(-np.clip(out, -40, 40)))
+                prob = sigmoid(out)
                 g_out = (prob - yb) * wb / len(idx)
                 g_act = np.outer(g_out, params[2]) * (pre > 0)
                 grads = [xb.T @ g_act + decay * params[0], g_act.sum(0),

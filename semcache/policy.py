@@ -47,7 +47,7 @@ import msgpack
 import numpy as np
 
 from .features import LEXICAL, Observation, matrix
-from .learner import Calibration, LinearScorer, PairScorer, SimilarityScorer
+from .learner import Calibration, LinearScorer, PairScorer, SimilarityScorer, sigmoid
 
 __all__ = ["Policy", "Verdict", "Outcome", "Model", "SOURCES", "MIN_EVIDENCE"]
 
@@ -128,7 +128,7 @@ class Model:
         assert self._w1 is not None and self._w2 is not None  # set with the members
         hidden = np.maximum(np.asarray(x, dtype=np.float32) @ self._w1 + self._b1, 0.0)
         z = np.einsum("nkh,kh->nk", hidden.reshape(len(x), k, -1), self._w2) + self._b2
-        return (1.0 / (1.0 + np.exp(-np.clip(z.astype(np.float64), -40, 40)))).mean(axis=1)
+        return sigmoid(z.astype(np.float64)).mean(axis=1)
 
     def score_one(self, obs: Observation) -> float:
         """:meth:`score` of one observation, building only the columns its scorer reads
@@ -141,8 +141,7 @@ class Model:
             c = np.array([obs.similarity, *obs.lexical, float(obs.guarded)])
             assert self._lin is not None
             mean, scale, w, b = self._lin
-            z = np.clip((((c - mean) / scale) * w).sum(axis=1) + b, -40, 40)
-            return float((1.0 / (1.0 + np.exp(-z))).mean())
+            return float(sigmoid((((c - mean) / scale) * w).sum(axis=1) + b).mean())
         return -np.inf if obs.guarded else float(obs.similarity)
 
     def describe(self) -> dict[str, Any]:
