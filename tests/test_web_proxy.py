@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -647,6 +648,19 @@ async def test_a_streamed_passthrough_body_reaches_the_client_before_the_upstrea
         slow.stop()
 
 
+@contextlib.contextmanager
+def upstream_of(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                ) -> Iterator[ThreadedApp]:
+    """An upstream of the test's own: ``handler`` answers every /v1/* request."""
+    app = web.Application()
+    app.router.add_route("*", "/v1/{tail:.*}", handler)
+    server = ThreadedApp(app).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 # ------------------------------------------------------------- hop-by-hop headers
 async def _echo_headers(request: web.Request) -> web.Response:
     """Echo the request headers; answer with a hop-by-hop header named in Connection."""
@@ -660,10 +674,7 @@ async def _echo_headers(request: web.Request) -> web.Response:
 @pytest.mark.parametrize("path", [CHAT, "/v1/files"], ids=["cached", "passthrough"])
 async def test_headers_named_in_connection_are_dropped_both_ways(
         start_sidecar: SidecarFactory, path: str) -> None:
-    app = web.Application()
-    app.router.add_route("*", "/v1/{tail:.*}", _echo_headers)
-    upstream = ThreadedApp(app).start()
-    try:
+    with upstream_of(_echo_headers) as upstream:
         sc = start_sidecar(upstream=upstream.url)
         body = {"model": "m", "messages": [{"role": "user", "content": "hop"}]}
         async with aiohttp.ClientSession() as s:
@@ -678,8 +689,6 @@ async def test_headers_named_in_connection_are_dropped_both_ways(
         assert seen["x-kept"] == "forwarded" and seen["authorization"] == "Bearer sk-hop"
         assert "x-hop" not in seen and "x-other-hop" not in seen  # RFC 9110 §7.6.1
         assert "x-resp-hop" not in relayed
-    finally:
-        upstream.stop()
 
 
 async def _set_cookie(request: web.Request) -> web.Response:
@@ -692,10 +701,7 @@ async def _set_cookie(request: web.Request) -> web.Response:
 @pytest.mark.parametrize("path", [CHAT, "/v1/models"], ids=["cached", "passthrough"])
 async def test_the_upstreams_cookies_are_relayed_never_kept_for_the_next_caller(
         start_sidecar: SidecarFactory, path: str) -> None:
-    app = web.Application()
-    app.router.add_route("*", "/v1/{tail:.*}", _set_cookie)
-    upstream = ThreadedApp(app).start()
-    try:
+    with upstream_of(_set_cookie) as upstream:
         # a host name, not an IP: aiohttp's default cookie jar keeps cookies of named hosts
         sc = start_sidecar(upstream=f"http://localhost:{upstream.port}")
         body = {"model": "m", "messages": [{"role": "user", "content": "cookie"}]}
@@ -713,8 +719,6 @@ async def test_the_upstreams_cookies_are_relayed_never_kept_for_the_next_caller(
         # each caller's own Cookie header goes upstream as sent; the upstream's cookie for
         # one caller is never attached to another's request
         assert seen == [None, None, "mine=1"]
-    finally:
-        upstream.stop()
 
 
 # ------------------------------------------------------------------ readiness
